@@ -1,0 +1,580 @@
+"""Schema-constrained decoding: the state machine that says which actions may come next.
+
+For any scores whatsoever, the calls it produces are valid: every tool name is declared, every
+key is a property of its object, keys come in schema order (so none twice) and never skip a
+required one, values have the schema's type and respect enum, const, numeric bounds, string
+length and pattern, and arrays respect minItems/maxItems. A tool whose required values cannot be
+formed from the request (no number in it for a required integer, say) is never started, so
+decoding never reaches a dead end. Output length is bounded: at most ``max_calls`` calls, arrays
+of at most ``max_items`` items (or maxItems), spans of at most ``max_span`` tokens.
+
+`CallDecoder` is driven step by step (`allowed` -> choose -> `step`) by the engine and by the
+trainer (which replays target actions through it); `encode_calls` is the inverse used to build
+training targets; `greedy_decode` is the shared decoding loop.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from needle_core.callformat import (END, END_LIST, FALSE, ITEMS, K_CALL, K_ITEM, K_KEY, K_SPAN_END, K_VALUE, LIST,
+                                    N_STRUCT, NULL, PT_TEXT, STOP, TRUE, Rendered, enum_options, primary_branch)
+
+_WORD_NUMBERS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
+_WORD_NUMBERS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+                      "ninety": 90, "hundred": 100, "thousand": 1000, "million": 1_000_000, "dozen": 12,
+                      "a dozen": 12, "half": 0.5, "a hundred": 100, "a thousand": 1000})
+_NUMBER_RE = re.compile(r"[+-]?(\d{1,3}(,\d{3})+|\d+)(\.\d+)?([eE][+-]?\d+)?|[+-]?\.\d+")
+
+
+def parse_number(text: str) -> float | int | None:
+    """A number spelled by a span: ``-5``, ``3.14``, ``1,000``, ``2e3``, or a number word."""
+    t = text.strip()
+    if _NUMBER_RE.fullmatch(t):
+        clean = t.replace(",", "")
+        try:
+            return int(clean)
+        except ValueError:
+            value = float(clean)
+            return value if math.isfinite(value) else None
+    return _WORD_NUMBERS.get(t.lower())
+
+
+def _in_bounds(value: float, node: dict) -> bool:
+    if "minimum" in node and value < node["minimum"]:
+        return False
+    if "maximum" in node and value > node["maximum"]:
+        return False
+    if "exclusiveMinimum" in node and value <= node["exclusiveMinimum"]:
+        return False
+    if "exclusiveMaximum" in node and value >= node["exclusiveMaximum"]:
+        return False
+    step = node.get("multipleOf")
+    if step and abs(value / step - round(value / step)) > 1e-9:
+        return False
+    return True
+
+
+def span_value(text: str, node: dict) -> tuple[bool, Any]:
+    """(is the span text a valid value of this scalar node, the value)."""
+    t = node.get("type")
+    if t in ("integer", "number"):
+        num = parse_number(text)
+        if num is None or isinstance(num, bool):
+            return False, None
+        if t == "integer":
+            if float(num) != int(num):
+                return False, None
+            num = int(num)
+        return _in_bounds(num, node), num
+    # strings and untyped values are copied as text
+    if "minLength" in node and len(text) < node["minLength"]:
+        return False, None
+    if "maxLength" in node and len(text) > node["maxLength"]:
+        return False, None
+    pattern = node.get("pattern")
+    if pattern and not re.search(pattern, text):
+        return False, None
+    return True, text
+
+
+# ---- frames of the state machine -----------------------------------------------------------------
+@dataclass
+class _Calls:
+    calls: list = field(default_factory=list)
+
+
+@dataclass
+class _Object:
+    node: dict
+    path: tuple
+    tool: int
+    keys: list  # property names in schema order
+    required_idx: list  # indices of required keys, ascending
+    free: bool  # free-form keys (spans) allowed
+    value: dict = field(default_factory=dict)
+    last: int = -1  # index of the last emitted key
+    pending_key: Any = None  # the key whose value is being formed
+    is_call: bool = False  # the arguments object of a call (not a nested value)
+
+
+@dataclass
+class _Array:
+    node: dict  # the array schema
+    path: tuple
+    tool: int
+    value: list = field(default_factory=list)
+
+
+@dataclass
+class _Value:
+    node: dict  # schema of the value to form (may be a union)
+    path: tuple
+    tool: int
+
+
+@dataclass
+class _Span:
+    node: dict  # scalar schema (primary branch)
+    start: int
+    as_key: bool = False  # a free-form object key rather than a value
+
+
+class DecodeError(ValueError):
+    """An action was not allowed, or targets cannot be encoded."""
+
+
+class CallDecoder:
+    """Step-by-step constrained decoder over the actions of `needle_core.callformat`."""
+
+    def __init__(self, rendered: Rendered, specs: list, tool_choice: str = "auto", max_calls: int = 8,
+                 max_items: int = 16, max_span: int = 48):
+        self.r = rendered
+        self.specs = [specs[i] for i in rendered.kept_tools] if rendered.kept_tools else list(specs)
+        if len(self.specs) != len(rendered.tool_pos):
+            raise ValueError("rendered tools do not match the specs")
+        self.tool_choice = tool_choice
+        self.max_calls, self.max_items, self.max_span = max_calls, max_items, max_span
+        self.L = len(rendered.ids)
+        self.text_pos = np.array([i for i, t in enumerate(rendered.pos_type) if t == PT_TEXT], dtype=np.int64)
+        self._valid_spans_cache: dict[int, dict[int, list[tuple[int, Any]]]] = {}
+        self._feasible_cache: dict[int, bool] = {}
+        self.tool_of_pos = {p: i for i, p in enumerate(rendered.tool_pos)}
+        self.named = None
+        if tool_choice not in ("auto", "required", "any", "none"):
+            names = [s.name for s in self.specs]
+            if tool_choice not in names:
+                raise ValueError(f"tool_choice {tool_choice!r} is not among the tools: {', '.join(names)}")
+            self.named = names.index(tool_choice)
+        self.stack: list = [_Calls()]
+        self.steps = 0
+        self.done = False
+        self._allowed = None
+
+    # -- feasibility: can this node be given a valid value from this input? --
+    def valid_spans(self, node: dict) -> dict[int, list[int]]:
+        """start position -> end positions of the spans that are valid values of a scalar node."""
+        numeric = node.get("type") in ("integer", "number")
+        plain = not numeric and not any(k in node for k in ("minLength", "maxLength", "pattern"))
+        key = "plain" if plain else id(node)
+        cached = self._valid_spans_cache.get(key)
+        if cached is not None:
+            return cached
+        r, out = self.r, {}
+        limit = 8 if numeric else self.max_span
+        for s in self.text_pos:
+            s = int(s)
+            if not r.word_start[s]:
+                continue
+            ends = []
+            for e in range(s, min(s + limit, self.L)):
+                if r.segment[e] != r.segment[s]:
+                    break
+                if e + 1 < self.L and r.segment[e + 1] == r.segment[s] and not r.word_start[e + 1]:
+                    continue  # would cut a word in two
+                if plain or span_value(r.span_text(s, e), node)[0]:
+                    ends.append(e)
+            if ends:
+                out[s] = ends
+        self._valid_spans_cache[key] = out
+        return out
+
+    def feasible(self, node: dict) -> bool:
+        key = id(node)
+        if key not in self._feasible_cache:
+            self._feasible_cache[key] = True  # schemas are acyclic; guard anyway
+            self._feasible_cache[key] = self._feasible(node)
+        return self._feasible_cache[key]
+
+    def _feasible(self, node: dict) -> bool:
+        inner, nullable = primary_branch(node)
+        if nullable or enum_options(inner):
+            return True
+        t = inner.get("type")
+        if t in (None, "boolean", "null"):
+            return True
+        if t == "array":
+            need = inner.get("minItems", 0)
+            return need == 0 or (need <= self._array_cap(inner) and self.feasible(inner.get("items", {})))
+        if t == "object":
+            props = inner.get("properties", {})
+            return all(self.feasible(props[k]) for k in inner.get("required", []))
+        return bool(self.valid_spans(inner))
+
+    def _array_cap(self, node: dict) -> int:
+        return max(min(node.get("maxItems", self.max_items), self.max_items), node.get("minItems", 0))
+
+    def tool_feasible(self, i: int) -> bool:
+        return self.feasible(self.specs[i].parameters)
+
+    # -- what may come next --
+    @property
+    def kind(self) -> int:
+        top = self.stack[-1]
+        if isinstance(top, _Calls):
+            return K_CALL
+        if isinstance(top, _Object):
+            return K_VALUE if top.pending_key is not None else K_KEY
+        if isinstance(top, _Array):
+            return K_ITEM
+        if isinstance(top, _Span):
+            return K_SPAN_END
+        return K_VALUE
+
+    def allowed(self) -> tuple[np.ndarray, np.ndarray]:
+        """(structural mask [N_STRUCT], position mask [L]) of the actions allowed now."""
+        if self._allowed is None or self._allowed[0] != self.steps:
+            self._allowed = (self.steps, self._compute_allowed())
+        return self._allowed[1]
+
+    def _compute_allowed(self) -> tuple[np.ndarray, np.ndarray]:
+        struct = np.zeros(N_STRUCT, dtype=bool)
+        pos = np.zeros(self.L, dtype=bool)
+        if self.done:
+            return struct, pos
+        top = self.stack[-1]
+        if isinstance(top, _Calls):
+            n = len(top.calls)
+            must_call = (self.tool_choice in ("required", "any") or self.named is not None) and n == 0
+            if self.tool_choice != "none" and n < self.max_calls:
+                for i, p in enumerate(self.r.tool_pos):
+                    if (self.named is None or i == self.named) and self.tool_feasible(i):
+                        pos[p] = True
+            if not must_call or not pos.any():
+                struct[STOP] = True
+        elif isinstance(top, _Object):
+            if top.pending_key is not None:
+                self._value_first(self._free_value_node(top), top.path + ("*",), top.tool, struct, pos)
+            else:
+                self._object_keys(top, struct, pos)
+        elif isinstance(top, _Array):
+            if len(top.value) >= top.node.get("minItems", 0):
+                struct[END_LIST] = True
+            if len(top.value) < self._array_cap(top.node):
+                items = top.node.get("items", {})
+                if self.feasible(items):
+                    self._value_first(items, top.path + (ITEMS,), top.tool, struct, pos)
+        elif isinstance(top, _Span):
+            spans = self._key_spans() if top.as_key else self.valid_spans(top.node)
+            pos[spans.get(top.start, [])] = True
+        elif isinstance(top, _Value):
+            self._value_first(top.node, top.path, top.tool, struct, pos)
+        return struct, pos
+
+    def _object_keys(self, obj: _Object, struct, pos) -> None:
+        props = obj.node.get("properties", {})
+        next_required = next((j for j in obj.required_idx if j > obj.last), None)
+        if next_required is None:
+            struct[END] = True
+        stop_at = next_required if next_required is not None else len(obj.keys) - 1
+        for j in range(obj.last + 1, stop_at + 1):
+            key = obj.keys[j]
+            p = self.r.param_pos.get((obj.tool, obj.path + (key,)))
+            if p is not None and self.feasible(props[key]):
+                pos[p] = True
+        if obj.free and next_required is None and len(obj.value) < self.max_items:
+            for s in self._key_spans():
+                pos[s] = True
+
+    def _key_spans(self) -> dict:
+        return self.valid_spans({"type": "string", "maxLength": 64, "minLength": 1})
+
+    def _free_value_node(self, obj: _Object) -> dict:
+        extra = obj.node.get("additionalProperties", True)
+        return extra if isinstance(extra, dict) else {}
+
+    def _value_first(self, node: dict, path: tuple, tool: int, struct, pos) -> None:
+        """Mark the first actions that can start a value of ``node``."""
+        inner, nullable = primary_branch(node)
+        if nullable:
+            struct[NULL] = True
+        options = enum_options(inner)
+        if options is not None:
+            for p, _ in self.r.option_pos.get((tool, path), []):
+                pos[p] = True
+            return
+        t = inner.get("type")
+        if t in ("boolean", None):
+            struct[TRUE] = struct[FALSE] = True
+        if t is None:
+            struct[NULL] = True
+        if t == "array" and self.feasible(inner):
+            struct[LIST] = True
+        elif t == "object" and self.feasible(inner):
+            obj = self._new_object(inner, path, tool)
+            self._object_keys(obj, struct, pos)
+        elif t in ("string", "integer", "number", None):
+            for s in self.valid_spans(inner):
+                pos[s] = True
+
+    def _new_object(self, node: dict, path: tuple, tool: int) -> _Object:
+        keys = list(node.get("properties", {}))
+        required = set(node.get("required", []))
+        extra = node.get("additionalProperties", True)
+        free = not keys and extra is not False
+        return _Object(node, path, tool, keys, [j for j, k in enumerate(keys) if k in required], free)
+
+    # -- taking an action --
+    def step(self, action: int) -> None:
+        struct, pos = self.allowed()
+        ok = struct[action] if action < N_STRUCT else (action - N_STRUCT < self.L and pos[action - N_STRUCT])
+        if not ok:
+            raise DecodeError(f"action {action} is not allowed in state {self.kind}")
+        self.steps += 1
+        top = self.stack[-1]
+        p = action - N_STRUCT
+        if isinstance(top, _Calls):
+            if action == STOP:
+                self.done = True
+                return
+            tool = self.tool_of_pos[p]
+            obj = self._new_object(self.specs[tool].parameters, (), tool)
+            obj.is_call = True
+            self.stack.append(obj)
+        elif isinstance(top, _Object):
+            if top.pending_key is not None:
+                self._start_value(self._free_value_node(top), top.path + ("*",), top.tool, action)
+            else:
+                self._object_action(top, action)
+        elif isinstance(top, _Array):
+            if action == END_LIST:
+                self.stack.pop()
+                self._deliver(top.value)
+            else:
+                self._start_value(top.node.get("items", {}), top.path + (ITEMS,), top.tool, action)
+        elif isinstance(top, _Span):
+            self.stack.pop()
+            text = self.r.span_text(top.start, p)
+            if top.as_key:
+                obj = self.stack[-1]
+                obj.pending_key = text
+            else:
+                self._deliver(span_value(text, top.node)[1])
+        elif isinstance(top, _Value):
+            self.stack.pop()
+            self._start_value(top.node, top.path, top.tool, action)
+
+    def _object_action(self, obj: _Object, action: int) -> None:
+        if action == END:
+            self.stack.pop()
+            if obj.is_call:
+                self.stack[-1].calls.append({"name": self.specs[obj.tool].name, "arguments": obj.value})
+            else:
+                self._deliver(obj.value)
+            return
+        p = action - N_STRUCT
+        for j in range(obj.last + 1, len(obj.keys)):
+            key = obj.keys[j]
+            if self.r.param_pos.get((obj.tool, obj.path + (key,))) == p:
+                obj.last = j
+                obj.pending_key = key
+                self.stack.append(_Value(obj.node["properties"][key], obj.path + (key,), obj.tool))
+                return
+        self.stack.append(_Span({"type": "string"}, p, as_key=True))  # a free-form key
+
+    def _start_value(self, node: dict, path: tuple, tool: int, action: int) -> None:
+        """Apply the first action of a value of ``node`` (the frame for it is not on the stack)."""
+        inner, _ = primary_branch(node)
+        if action == NULL:
+            return self._deliver(None)
+        if action in (TRUE, FALSE):
+            return self._deliver(action == TRUE)
+        if action == LIST:
+            self.stack.append(_Array(inner, path, tool))
+            return
+        p = action - N_STRUCT
+        for q, value in self.r.option_pos.get((tool, path), []):
+            if q == p:
+                return self._deliver(value)
+        if inner.get("type") == "object":
+            obj = self._new_object(inner, path, tool)
+            self.stack.append(obj)
+            return self._object_action(obj, action)
+        self.stack.append(_Span(inner, p))
+
+    def _deliver(self, value: Any) -> None:
+        """A value is complete: hand it to the frame that asked for it."""
+        top = self.stack[-1]
+        if isinstance(top, _Array):
+            top.value.append(value)
+        elif isinstance(top, _Object):
+            top.value[top.pending_key] = value
+            top.pending_key = None
+        else:
+            raise AssertionError("value delivered with no frame waiting")
+
+    def calls(self) -> list[dict]:
+        return list(self.stack[0].calls)
+
+
+# ---- the shared decoding loop ----------------------------------------------------------------------
+def masked_log_softmax(logits: np.ndarray, struct: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    mask = np.concatenate([struct, pos])
+    scores = np.where(mask, logits[: mask.size].astype(np.float64), -np.inf)
+    top = scores.max()
+    return scores - top - math.log(np.exp(scores - top).sum())
+
+
+def greedy_decode(decoder: CallDecoder, step_fn: Callable[[int, int], np.ndarray], max_steps: int = 256):
+    """Run ``step_fn(prev_action, kind) -> logits`` under the decoder's masks.
+
+    Returns (calls, log-probability of the chosen sequence, number of steps). Past ``max_steps``
+    the most closing action allowed is taken each step, so the result is always complete.
+    """
+    from needle_core.callformat import BOS
+
+    prev, logp = BOS, 0.0
+    while not decoder.done:
+        struct, pos = decoder.allowed()
+        if decoder.steps >= max_steps:
+            action = _closing_action(struct, pos)
+        else:
+            scores = masked_log_softmax(step_fn(prev, decoder.kind), struct, pos)
+            action = int(np.argmax(scores))
+            logp += float(scores[action])
+        decoder.step(action)
+        prev = action
+    return decoder.calls(), logp, decoder.steps
+
+
+def _closing_action(struct: np.ndarray, pos: np.ndarray) -> int:
+    for a in (STOP, END, END_LIST, NULL, FALSE):
+        if struct[a]:
+            return a
+    hits = np.flatnonzero(pos)
+    return int(N_STRUCT + hits[-1]) if hits.size else int(np.flatnonzero(struct)[0])
+
+
+# ---- targets for training ----------------------------------------------------------------------------
+def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = None) -> tuple[list[int], list[int]]:
+    """Actions (and the kind before each) that make ``decoder`` produce ``calls``.
+
+    Optional arguments whose value the input cannot give are left out (counted in ``stats`` under
+    ``dropped_optional``); a required one raises `DecodeError`.
+    """
+    stats = stats if stats is not None else {}
+    actions, kinds = [], []
+
+    def emit(a: int) -> None:
+        kinds.append(decoder.kind)
+        actions.append(a)
+        decoder.step(a)
+
+    names = [s.name for s in decoder.specs]
+    for call in calls:
+        if call["name"] not in names:
+            raise DecodeError(f"tool {call['name']!r} was not rendered")
+        tool = names.index(call["name"])
+        emit(N_STRUCT + decoder.r.tool_pos[tool])
+        _encode_object(decoder, decoder.specs[tool].parameters, (), tool, call.get("arguments") or {}, emit, stats)
+    emit(STOP)
+    return actions, kinds
+
+
+def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: dict, emit, stats) -> None:
+    inner, _ = primary_branch(node)
+    props = inner.get("properties", {})
+    required = set(inner.get("required", []))
+    for key in props:
+        if key not in value:
+            continue
+        p = dec.r.param_pos.get((tool, path + (key,)))
+        struct, pos = dec.allowed()
+        if p is None or not pos[p] or not _encodable(dec, props[key], path + (key,), tool, value[key]):
+            if key in required:
+                raise DecodeError(f"required argument {key!r} cannot be formed from the input")
+            stats["dropped_optional"] = stats.get("dropped_optional", 0) + 1
+            continue
+        emit(N_STRUCT + p)
+        _encode_value(dec, props[key], path + (key,), tool, value[key], emit, stats)
+        stats["encoded_args"] = stats.get("encoded_args", 0) + 1
+    emit(END)
+
+
+def _encodable(dec: CallDecoder, node, path, tool, value) -> bool:
+    try:
+        _plan_value(dec, node, path, tool, value)
+        return True
+    except DecodeError:
+        return False
+
+
+def _plan_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any) -> None:
+    """Raise DecodeError when ``value`` cannot be produced (checked before any action is emitted)."""
+    inner, nullable = primary_branch(node)
+    if value is None:
+        if not nullable:
+            raise DecodeError("null not allowed")
+        return
+    options = enum_options(inner)
+    if options is not None:
+        if not any(v == value and type(v) is type(value) for _, v in dec.r.option_pos.get((tool, path), [])):
+            raise DecodeError("option not rendered")
+        return
+    t = inner.get("type")
+    if isinstance(value, bool):
+        if t not in ("boolean", None):
+            raise DecodeError("boolean not allowed")
+        return
+    if t == "array":
+        if not isinstance(value, list) or len(value) > dec._array_cap(inner) or len(value) < inner.get("minItems", 0):
+            raise DecodeError("array does not fit")
+        for item in value:
+            _plan_value(dec, inner.get("items", {}), path + (ITEMS,), tool, item)
+        return
+    if t == "object":
+        if not isinstance(value, dict) or inner.get("properties") == {}:
+            raise DecodeError("free-form objects are not encoded")
+        for key in inner.get("required", []):
+            if key not in value:
+                raise DecodeError("missing required key")
+            _plan_value(dec, inner["properties"][key], path + (key,), tool, value[key])
+        return
+    if _find_span(dec, inner, value) is None:
+        raise DecodeError("value is not a span of the input")
+
+
+def _find_span(dec: CallDecoder, node: dict, value: Any) -> tuple[int, int] | None:
+    """The first span whose value equals ``value`` (exact text first, then case-insensitive)."""
+    spans = dec.valid_spans(node)
+    values = [(s, e, span_value(dec.r.span_text(s, e), node)[1]) for s, ends in spans.items() for e in ends]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return next(((s, e) for s, e, v in values if isinstance(v, (int, float)) and v == value), None)
+    if not isinstance(value, str):
+        return None
+    for norm in (lambda x: x, lambda x: x.lower().strip()):
+        target = norm(value)
+        hit = next(((s, e) for s, e, v in values if isinstance(v, str) and norm(v) == target), None)
+        if hit:
+            return hit
+    return None
+
+
+def _encode_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any, emit, stats) -> None:
+    inner, _ = primary_branch(node)
+    if value is None:
+        return emit(NULL)
+    options = enum_options(inner)
+    if options is not None:
+        for p, v in dec.r.option_pos[(tool, path)]:
+            if v == value and type(v) is type(value):
+                return emit(N_STRUCT + p)
+    if isinstance(value, bool):
+        return emit(TRUE if value else FALSE)
+    t = inner.get("type")
+    if t == "array":
+        emit(LIST)
+        for item in value:
+            _encode_value(dec, inner.get("items", {}), path + (ITEMS,), tool, item, emit, stats)
+        return emit(END_LIST)
+    if t == "object":
+        return _encode_object(dec, inner, path, tool, value, emit, stats)
+    s, e = _find_span(dec, inner, value)
+    emit(N_STRUCT + s)
+    emit(N_STRUCT + e)
