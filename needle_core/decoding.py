@@ -10,7 +10,7 @@ of at most ``max_items`` items (or maxItems), spans of at most ``max_span`` toke
 
 `CallDecoder` is driven step by step (`allowed` -> choose -> `step`) by the engine and by the
 trainer (which replays target actions through it); `encode_calls` is the inverse used to build
-training targets; `greedy_decode` is the shared decoding loop.
+training targets; `greedy_decode_batch` is the shared decoding loop.
 """
 from __future__ import annotations
 
@@ -416,31 +416,49 @@ class CallDecoder:
 # ---- the shared decoding loop ----------------------------------------------------------------------
 def masked_log_softmax(logits: np.ndarray, struct: np.ndarray, pos: np.ndarray) -> np.ndarray:
     mask = np.concatenate([struct, pos])
-    scores = np.where(mask, logits[: mask.size].astype(np.float64), -np.inf)
+    scores = np.full(logits.shape[-1], -np.inf)
+    scores[: mask.size] = np.where(mask, logits[: mask.size], -np.inf)
     top = scores.max()
     return scores - top - math.log(np.exp(scores - top).sum())
 
 
-def greedy_decode(decoder: CallDecoder, step_fn: Callable[[int, int], np.ndarray], max_steps: int = 256):
-    """Run ``step_fn(prev_action, kind) -> logits`` under the decoder's masks.
+def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                        max_steps: int = 256) -> list[tuple[list[dict], float, int]]:
+    """Decode a batch in lock-step under each decoder's masks.
 
-    Returns (calls, log-probability of the chosen sequence, number of steps). Past ``max_steps``
-    the most closing action allowed is taken each step, so the result is always complete.
+    ``step_fn(prev_actions [B], kinds [B]) -> logits [B, N_STRUCT + L]`` is called once per step
+    for the whole batch; ``prev_actions`` are output actions, ``-1`` before the first step (see
+    `decoder_inputs`). Finished rows are fed ``STOP`` and ignored. Past ``max_steps`` the most
+    closing allowed action is taken, so every result is complete. Returns, per row, (calls,
+    log-probability of the chosen actions, steps).
     """
+    B = len(decoders)
+    prev = np.full(B, -1, np.int64)
+    logp = np.zeros(B)
+    while not all(d.done for d in decoders):
+        kinds = np.array([0 if d.done else d.kind for d in decoders], np.int64)
+        logits = step_fn(prev, kinds)
+        for b, d in enumerate(decoders):
+            if d.done:
+                prev[b] = STOP
+                continue
+            struct, pos = d.allowed()
+            if d.steps >= max_steps:
+                action = _closing_action(struct, pos)
+            else:
+                scores = masked_log_softmax(logits[b], struct, pos)
+                action = int(np.argmax(scores))
+                logp[b] += float(scores[action])
+            d.step(action)
+            prev[b] = action
+    return [(d.calls(), float(logp[b]), d.steps) for b, d in enumerate(decoders)]
+
+
+def decoder_inputs(prev_actions: np.ndarray) -> np.ndarray:
+    """Output actions -> decoder input ids: -1 -> BOS, pointers shift past BOS (see modeling)."""
     from needle_core.callformat import BOS
 
-    prev, logp = BOS, 0.0
-    while not decoder.done:
-        struct, pos = decoder.allowed()
-        if decoder.steps >= max_steps:
-            action = _closing_action(struct, pos)
-        else:
-            scores = masked_log_softmax(step_fn(prev, decoder.kind), struct, pos)
-            action = int(np.argmax(scores))
-            logp += float(scores[action])
-        decoder.step(action)
-        prev = action
-    return decoder.calls(), logp, decoder.steps
+    return np.where(prev_actions < 0, BOS, np.where(prev_actions >= N_STRUCT, prev_actions + 1, prev_actions))
 
 
 def _closing_action(struct: np.ndarray, pos: np.ndarray) -> int:

@@ -1,0 +1,99 @@
+"""The ONNX Runtime engine: encode once, then constrained greedy decoding with a KV cache.
+
+Torch-free: numpy, onnxruntime and tokenizers only. Model folders hold ``encoder.onnx``,
+``decoder.onnx``, ``needle.json`` and ``manifest.json`` (SHA-256 of each file, checked before
+anything is loaded, so a corrupted or tampered file fails with a clear error). ONNX files are
+protobuf: loading them never unpickles.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from needle_core.callformat import PAD_ID
+from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batch
+from needle_core.errors import ModelFileError
+
+REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "needle.json", "manifest.json")
+
+
+def verify_model_dir(model_dir: Path) -> dict:
+    """Check that every file is present and matches the manifest; return ``needle.json``."""
+    if not model_dir.is_dir():
+        raise ModelFileError(f"model folder {model_dir} does not exist")
+    missing = [f for f in REQUIRED_FILES if not (model_dir / f).is_file()]
+    if missing:
+        raise ModelFileError(f"model folder {model_dir} lacks {', '.join(missing)}")
+    try:
+        manifest = json.loads((model_dir / "manifest.json").read_text())
+        files = manifest["files"]
+    except (ValueError, KeyError) as exc:
+        raise ModelFileError(f"{model_dir / 'manifest.json'} is not a valid manifest: {exc}") from None
+    for name, entry in files.items():
+        digest = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+        if digest != entry.get("sha256"):
+            raise ModelFileError(f"{model_dir / name} does not match its SHA-256 in manifest.json "
+                                 f"(corrupted or modified): expected {entry.get('sha256')}, got {digest}")
+    for name in ("encoder.onnx", "decoder.onnx", "needle.json"):
+        if name not in files:
+            raise ModelFileError(f"manifest.json does not cover {name}")
+    return json.loads((model_dir / "needle.json").read_text())
+
+
+class OnnxEngine:
+    """Runs the two exported graphs. Safe to share between threads (sessions are thread-safe)."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.model_dir = Path(model_dir)
+        self.meta = verify_model_dir(self.model_dir)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = ["CPUExecutionProvider"]
+        self.encoder = ort.InferenceSession(str(self.model_dir / "encoder.onnx"), opts, providers=providers)
+        self.decoder = ort.InferenceSession(str(self.model_dir / "decoder.onnx"), opts, providers=providers)
+        self.layers, self.heads = self.meta["decoder_layers"], self.meta["decoder_heads"]
+        self.dh = self.meta["d_model"] // self.heads
+        self._lock = threading.Lock()
+
+    def encode(self, id_lists: list[list[int]]) -> dict:
+        L = max(len(x) for x in id_lists)
+        ids = np.full((len(id_lists), L), PAD_ID, np.int64)
+        mask = np.zeros((len(id_lists), L), np.int64)
+        for b, x in enumerate(id_lists):
+            ids[b, : len(x)], mask[b, : len(x)] = x, 1
+        enc, cross_k, cross_v, ptr_keys = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        return {"enc": enc, "attention_mask": mask, "cross_k": cross_k, "cross_v": cross_v, "ptr_keys": ptr_keys}
+
+    def embed(self, id_lists: list[list[int]]) -> np.ndarray:
+        """Mean-pooled, normalised encoder states: the model's own embeddings, for tool retrieval."""
+        out = self.encode(id_lists)
+        m = out["attention_mask"][..., None].astype(np.float32)
+        vec = (out["enc"] * m).sum(1) / np.maximum(m.sum(1), 1)
+        return vec / np.maximum(np.linalg.norm(vec, axis=-1, keepdims=True), 1e-9)
+
+    def decode(self, decoders: list[CallDecoder], encoded: dict, max_steps: int = 256):
+        """Constrained greedy decoding of a batch; returns [(calls, logprob, steps)]."""
+        B = len(decoders)
+        state = {"past_k": np.zeros((self.layers, B, self.heads, 0, self.dh), np.float32)}
+        state["past_v"] = state["past_k"]
+        state["t"] = 0
+
+        def step_fn(prev_actions: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+            prev_in = decoder_inputs(prev_actions)
+            feed = {k: encoded[k] for k in ("enc", "attention_mask", "cross_k", "cross_v", "ptr_keys")}
+            feed.update(prev_action=prev_in.astype(np.int64), kind=kinds.astype(np.int64),
+                        step=np.full(B, state["t"], np.int64), past_k=state["past_k"], past_v=state["past_v"])
+            logits, state["past_k"], state["past_v"] = self.decoder.run(None, feed)
+            state["t"] += 1
+            return logits
+
+        return greedy_decode_batch(decoders, step_fn, max_steps=max_steps)

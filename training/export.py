@@ -1,0 +1,143 @@
+"""`needle export`: a trained checkpoint -> the ONNX graphs the engine runs, quantized.
+
+Two graphs (FIELD-NOTES section 7: a hand-written export plus an ONNX Runtime loop is lighter
+than optimum for a custom architecture):
+
+* ``encoder.onnx``: (input_ids, attention_mask) -> encoder states, every decoder layer's
+  cross-attention keys/values, and the pointer keys, all computed once per request;
+* ``decoder.onnx``: one decoding step with a self-attention KV cache.
+
+Then ``quantize`` writes int8 (dynamic) or int4 (weight-only MatMulNBits) copies, and
+``write_manifest`` records the SHA-256 of every file so the engine refuses tampered weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from needle_core.callformat import BOS, K_CALL
+
+MODEL_FILES = ("encoder.onnx", "decoder.onnx", "needle.json")
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        enc, cross, ptr_keys = self.model.encode(input_ids, attention_mask)
+        cross_k = torch.stack([k for k, _ in cross])
+        cross_v = torch.stack([v for _, v in cross])
+        return enc, cross_k, cross_v, ptr_keys
+
+
+class _DecoderStep(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, enc, attention_mask, cross_k, cross_v, ptr_keys, prev_action, kind, step, past_k, past_v):
+        cross_mask = attention_mask.bool()[:, None, None, :]
+        return self.model.decode_step(enc, cross_mask, cross_k, cross_v, ptr_keys, attention_mask, prev_action,
+                                      kind, step, past_k, past_v)
+
+
+def export_onnx(checkpoint: str, out_dir: str, opset: int = 17) -> Path:
+    """Export fp32 graphs of a saved `NeedleForToolCalling` into ``out_dir``."""
+    from needle_core.modeling_needle import NeedleForToolCalling
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = NeedleForToolCalling.from_pretrained(checkpoint).float().eval()
+    cfg = model.config
+    d, layers, heads = cfg.d_model, cfg.decoder_layers, cfg.decoder_heads
+    B, L, T = 1, 24, 3
+    ids = torch.randint(1000, 2000, (B, L))
+    mask = torch.ones(B, L, dtype=torch.int64)
+    with torch.no_grad():
+        torch.onnx.export(_Encoder(model), (ids, mask), str(out / "encoder.onnx"), dynamo=False, opset_version=opset,
+                          input_names=["input_ids", "attention_mask"],
+                          output_names=["enc", "cross_k", "cross_v", "ptr_keys"],
+                          dynamic_axes={"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"},
+                                        "enc": {0: "B", 1: "L"}, "cross_k": {1: "B", 3: "L"},
+                                        "cross_v": {1: "B", 3: "L"}, "ptr_keys": {0: "B", 1: "L"}})
+        enc, cross_k, cross_v, ptr_keys = _Encoder(model)(ids, mask)
+        past = torch.zeros(layers, B, heads, T, d // heads)
+        args = (enc, mask, cross_k, cross_v, ptr_keys, torch.full((B,), BOS, dtype=torch.int64),
+                torch.full((B,), K_CALL, dtype=torch.int64), torch.full((B,), T, dtype=torch.int64), past, past)
+        torch.onnx.export(_DecoderStep(model), args, str(out / "decoder.onnx"), dynamo=False, opset_version=opset,
+                          input_names=["enc", "attention_mask", "cross_k", "cross_v", "ptr_keys", "prev_action", "kind",
+                                       "step", "past_k", "past_v"],
+                          output_names=["logits", "new_k", "new_v"],
+                          dynamic_axes={"enc": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"},
+                                        "cross_k": {1: "B", 3: "L"}, "cross_v": {1: "B", 3: "L"},
+                                        "ptr_keys": {0: "B", 1: "L"}, "prev_action": {0: "B"}, "kind": {0: "B"},
+                                        "step": {0: "B"}, "past_k": {1: "B", 3: "T"}, "past_v": {1: "B", 3: "T"},
+                                        "logits": {0: "B", 1: "A"}, "new_k": {1: "B", 3: "T1"},
+                                        "new_v": {1: "B", 3: "T1"}})
+    meta = {"format": "needle-onnx/1", "d_model": d, "decoder_layers": layers, "decoder_heads": heads,
+            "max_steps": cfg.max_steps, "precision": "fp32", "source_checkpoint": Path(checkpoint).name}
+    (out / "needle.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def quantize(src_dir: str, dst_dir: str, precision: str) -> Path:
+    """int8: dynamic quantization of every MatMul/Gemm; int4: weight-only MatMulNBits (block 32)."""
+    src, dst = Path(src_dir), Path(dst_dir)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("encoder.onnx", "decoder.onnx"):
+        if precision == "int8":
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8)
+        elif precision == "int4":
+            import onnx
+            from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                         MatMulNBitsQuantizer)
+
+            qcfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
+            quant = MatMulNBitsQuantizer(onnx.load(str(src / name)), algo_config=qcfg)
+            quant.process()
+            quant.model.save_model_to_file(str(dst / name), False)
+        elif precision == "fp32":
+            shutil.copy(src / name, dst / name)
+        else:
+            raise ValueError(f"unknown precision {precision!r} (fp32, int8, int4)")
+    meta = json.loads((src / "needle.json").read_text())
+    meta["precision"] = precision
+    (dst / "needle.json").write_text(json.dumps(meta, indent=1))
+    write_manifest(dst)
+    return dst
+
+
+def write_manifest(model_dir: str | Path) -> None:
+    """``manifest.json``: SHA-256 and size of every model file, checked by the engine at load."""
+    model_dir = Path(model_dir)
+    files = {}
+    for name in MODEL_FILES:
+        data = (model_dir / name).read_bytes()
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    (model_dir / "manifest.json").write_text(json.dumps({"files": files}, indent=1))
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("checkpoint", help="a checkpoint folder written by needle train")
+    parser.add_argument("--out", required=True, help="folder for the ONNX model")
+    parser.add_argument("--precision", choices=["fp32", "int8", "int4"], default="int8")
+
+
+def run(args) -> int:
+    fp32_dir = Path(args.out) / "_fp32" if args.precision != "fp32" else Path(args.out)
+    export_onnx(args.checkpoint, str(fp32_dir))
+    if args.precision == "fp32":
+        write_manifest(fp32_dir)
+    else:
+        quantize(str(fp32_dir), args.out, args.precision)
+        shutil.rmtree(fp32_dir)
+    print(f"wrote {args.precision} model to {args.out}")
+    return 0

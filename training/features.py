@@ -1,0 +1,99 @@
+"""Canonical examples -> model features (token ids, position types, target actions, step kinds).
+
+The same `Renderer` and `CallDecoder` the engine uses build the targets, so training sees
+exactly the input and the action sequence that constrained decoding will produce. Features are
+stored as ragged arrays in one compressed ``.npz`` (no pickles) so a run can be moved to another
+machine in a few megabytes.
+"""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from needle_core.callformat import Renderer
+from needle_core.decoding import CallDecoder, DecodeError, encode_calls
+from needle_core.messages import normalize_messages
+
+
+def example_specs(example: dict) -> list:
+    from needle_core.schema import ToolSpec
+
+    tools = example["tools"]
+    tools = json.loads(tools) if isinstance(tools, str) else tools
+    return [ToolSpec(t["name"], t.get("description", ""), t["parameters"]) for t in tools]
+
+
+def featurize(example: dict, renderer: Renderer, stats: Counter) -> dict | None:
+    """One example -> arrays, or None (counted in ``stats`` by reason) when it cannot be encoded."""
+    specs = example_specs(example)
+    messages = example["messages"]
+    messages = normalize_messages(json.loads(messages) if isinstance(messages, str) else messages)
+    calls = example["calls"]
+    calls = json.loads(calls) if isinstance(calls, str) else calls
+    rendered = renderer.render(messages, specs)
+    if len(rendered.kept_tools) < len(specs):
+        stats["skipped: tools do not fit 512 positions"] += 1
+        return None
+    decoder = CallDecoder(rendered, specs)
+    try:
+        actions, kinds = encode_calls(decoder, calls, stats)
+    except DecodeError as exc:
+        stats[f"skipped: {str(exc).split(':')[0]}"] += 1
+        return None
+    stats["kept"] += 1
+    return {"ids": np.asarray(rendered.ids, np.uint16), "pos_type": np.asarray(rendered.pos_type, np.uint8),
+            "actions": np.asarray(actions, np.int16), "kinds": np.asarray(kinds, np.uint8)}
+
+
+def featurize_all(examples, max_len: int = 512, progress: bool = True) -> tuple[dict, Counter]:
+    renderer = Renderer(max_len=max_len)
+    stats: Counter = Counter()
+    rows = []
+    for ex in tqdm(examples, desc="featurize", disable=not progress, mininterval=2):
+        row = featurize(ex, renderer, stats)
+        if row is not None:
+            rows.append(row)
+    return pack(rows), stats
+
+
+def pack(rows: list[dict]) -> dict:
+    """Ragged rows -> flat arrays + offsets."""
+    out = {}
+    for key in ("ids", "pos_type", "actions", "kinds"):
+        lengths = np.array([len(r[key]) for r in rows], dtype=np.int64)
+        out[key] = np.concatenate([r[key] for r in rows]) if rows else np.zeros(0)
+        out[key + "_off"] = np.concatenate([[0], np.cumsum(lengths)])
+    return out
+
+
+def save_features(path: str, packed: dict) -> None:
+    np.savez_compressed(path, **packed)
+
+
+@dataclass
+class FeatureSet:
+    """Random access over packed features."""
+
+    arrays: dict
+
+    @classmethod
+    def load(cls, path: str) -> "FeatureSet":
+        with np.load(path, allow_pickle=False) as z:
+            return cls({k: z[k] for k in z.files})
+
+    def __len__(self) -> int:
+        return len(self.arrays["ids_off"]) - 1
+
+    def row(self, i: int) -> dict:
+        a = self.arrays
+        return {k: a[k][a[k + "_off"][i]: a[k + "_off"][i + 1]] for k in ("ids", "pos_type", "actions", "kinds")}
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.arrays["ids_off"])
+
+    def subset(self, index) -> "FeatureSet":
+        return FeatureSet(pack([self.row(int(i)) for i in index]))
