@@ -123,12 +123,15 @@ def batches(data: FeatureSet, cfg: TrainConfig, rng: np.random.Generator):
             yield collate([data.row(int(i)) for i in groups[g]])
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to 10%."""
+def lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
+    """Linear warmup, then cosine decay to 10%, by steps or by wall time, whichever is further,
+    so a run cut by ``max_minutes`` still ends with a decayed learning rate."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    if cfg.max_minutes:
+        progress = max(progress, minutes / cfg.max_minutes)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # ---- checkpoints without pickles ------------------------------------------------------------------
@@ -245,7 +248,7 @@ def train(cfg: TrainConfig) -> Path:
             break
         batch = {k: v.to(accelerator.device) for k, v in next(it).items()}
         for g, base in zip(optimizer.param_groups, base_lrs):
-            g["lr"] = base * lr_at(state["step"], cfg)
+            g["lr"] = base * lr_at(state["step"], cfg, (time.time() - t0) / 60)
         with accelerator.autocast():
             loss = model(**batch)["loss"]
         accelerator.backward(loss)
@@ -254,7 +257,7 @@ def train(cfg: TrainConfig) -> Path:
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["examples"] += batch["input_ids"].shape[0]
-        ema = float(loss) if ema is None else 0.98 * ema + 0.02 * float(loss)
+        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
         rate = (state["examples"] - seen0) / max(time.time() - t0, 1e-6)
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", ex_s=f"{rate:.1f}")
@@ -303,13 +306,16 @@ def add_arguments(parser) -> None:
                         help="first turn these canonical JSONL files into the config's features file")
     parser.add_argument("--augment", type=int, default=0, help="augmentation factor for --prepare")
     parser.add_argument("--out-dir", default=None)
+    parser.add_argument("--features", default=None, help="override the config's features file")
+    parser.add_argument("--init-encoder", default=None, help="override the config's encoder folder")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=None)
 
 
 def run(args) -> int:
     cfg = TrainConfig.from_file(args.config, out_dir=args.out_dir, max_steps=args.max_steps,
-                                max_minutes=args.max_minutes)
+                                max_minutes=args.max_minutes, features=args.features,
+                                init_encoder=args.init_encoder)
     if args.prepare:
         stats = prepare_features(args.prepare, cfg.features, augment_factor=args.augment, seed=cfg.seed,
                                  pool_dir=cfg.extra.get("tool_pool"))
