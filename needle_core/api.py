@@ -7,6 +7,7 @@ coerced by `validate_call`. A call that would not validate is never returned.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import threading
@@ -25,6 +26,9 @@ from needle_core.schema import ToolSpec, to_tool_specs, validate_call
 from needle_core.types import NeedleResult, ToolCall
 
 MAX_MESSAGE_CHARS = 20_000  # longer texts are cut before tokenizing (and reported), bounding time
+# Tool and parameter descriptions longer than this are cut before tokenizing (and reported): the
+# renderer keeps at most 48 tokens of each, and tokenizing megabytes costs seconds per new tool.
+MAX_DESCRIPTION_CHARS = 2_000
 
 
 def bundled_model_dir() -> Path:
@@ -90,13 +94,15 @@ class Needle:
         if not specs or choice == "none":
             why = "no tools were given" if not specs else "tool_choice is 'none'"
             return [NeedleResult(calls=[], confidence=1.0, timings={"total_ms": 0.0}, warnings=[why]) for _ in requests]
+        specs, spec_cuts = _clip_descriptions(specs)
         t_conv = time.perf_counter()
         rendered, warnings = [], []
         for req in requests:
             messages, cut = self._clip(normalize_messages(req))
-            r = self.renderer.render(messages, specs, rank_tools=lambda idx, m=messages: self._rank_tools(m, specs, idx))
+            r = self.renderer.render(messages, specs,
+                                     rank_tools=lambda idx, m=messages: self._rank_tools(m, specs, idx, choice))
             rendered.append(r)
-            warnings.append(cut + r.warnings)
+            warnings.append(spec_cuts + cut + r.warnings)
         t_render = time.perf_counter()
         encoded = self.engine.encode([r.ids for r in rendered])
         t_enc = time.perf_counter()
@@ -142,8 +148,11 @@ class Needle:
             out.append(m)
         return out, warnings
 
-    def _rank_tools(self, messages: list[dict], specs: list[ToolSpec], indices: list[int]) -> list[int]:
-        """Rank tools by cosine similarity of the model's own embeddings (tool texts cached)."""
+    def _rank_tools(self, messages: list[dict], specs: list[ToolSpec], indices: list[int],
+                    choice: str = "auto") -> list[int]:
+        """Rank tools by cosine similarity of the model's own embeddings (tool texts cached).
+
+        A tool named by ``tool_choice`` always ranks first, so it is never the one left out."""
         tok = self.renderer.tok
         query = " ".join(m["content"] for m in messages if m["role"] in ("user", "system"))[-2000:]
         keys = [json.dumps(specs[i].to_dict(), sort_keys=True)[:4000] for i in indices]
@@ -161,4 +170,40 @@ class Needle:
         q = tok.encode(query, add_special_tokens=False).ids[:254]
         qv = self.engine.embed([[101] + q + [102]])[0]
         scores = [float(self._embed_cache[k] @ qv) for k in keys]
-        return [indices[j] for j in np.argsort(scores)[::-1]]
+        ranked = [indices[j] for j in np.argsort(scores)[::-1]]
+        return sorted(ranked, key=lambda i: specs[i].name != choice)  # stable: the named tool first
+
+
+def _clip_descriptions(specs: list[ToolSpec]) -> tuple[list[ToolSpec], list[str]]:
+    """Specs with every description over `MAX_DESCRIPTION_CHARS` cut, and a warning per cut."""
+    warnings: list[str] = []
+
+    def clip(text: str, what: str) -> str:
+        warnings.append(f"{what} cut from {len(text)} to {MAX_DESCRIPTION_CHARS} characters")
+        return text[:MAX_DESCRIPTION_CHARS]
+
+    def walk(node: Any, tool: str, path: str) -> Any:
+        if isinstance(node, list):
+            return [walk(x, tool, f"{path}[{i}]") for i, x in enumerate(node)]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str) and len(value) > MAX_DESCRIPTION_CHARS:
+                out[key] = clip(value, f"tool {tool!r}: description at parameters{path}")
+            elif isinstance(value, (dict, list)) and key not in ("default", "const", "enum", "examples"):
+                out[key] = walk(value, tool, f"{path}.{key}")
+            else:
+                out[key] = value
+        return out
+
+    out = []
+    for spec in specs:
+        if len(spec.description) <= MAX_DESCRIPTION_CHARS and len(json.dumps(spec.parameters)) <= MAX_DESCRIPTION_CHARS:
+            out.append(spec)  # nothing long enough to cut: keep the spec as it is
+            continue
+        desc = spec.description
+        if len(desc) > MAX_DESCRIPTION_CHARS:
+            desc = clip(desc, f"tool {spec.name!r}: description")
+        out.append(dataclasses.replace(spec, description=desc, parameters=walk(spec.parameters, spec.name, "")))
+    return out, warnings

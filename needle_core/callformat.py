@@ -30,6 +30,7 @@ The decoder's state machine (`needle_core.decoding`) reads the structures built 
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -264,7 +265,7 @@ class Renderer:
             segments.append(text)
             for i in range(take):
                 ids.append(enc.ids[i]); pos_type.append(PT_TEXT); segment.append(seg)
-                offsets.append(enc.offsets[i]); word_start.append(not enc.tokens[i].startswith("##"))
+                offsets.append(_attach_marks(text, enc.offsets, i)); word_start.append(not enc.tokens[i].startswith("##"))
         ids.append(SEP_ID); pos_type.append(PT_OTHER); segment.append(-1); offsets.append((0, 0)); word_start.append(False)
 
         tool_tokens = [self._tool_tokens(i, s) for i, s in enumerate(specs)]
@@ -314,6 +315,21 @@ class Renderer:
         out.offsets.append((0, 0)); out.word_start.append(False)
         out.kept_tools = chosen
         return out
+
+
+def _attach_marks(text: str, offsets: list[tuple[int, int]], i: int) -> tuple[int, int]:
+    """Token ``i``'s character span, extended over the combining marks that follow it.
+
+    The uncased normalizer drops nonspacing marks (a decomposed accent, a virama or vowel sign,
+    the emoji variation selector) and joiners, so a token's offsets stop before a mark that ends
+    a word: a span would copy ``Cafe`` out of ``Cafe`` + U+0301. Marks up to the next token belong
+    to this one, so copied values keep every character as written.
+    """
+    start, end = offsets[i]
+    limit = offsets[i + 1][0] if i + 1 < len(offsets) else len(text)
+    while end < limit and (unicodedata.category(text[end]) in ("Mn", "Me") or text[end] in "\u200c\u200d"):
+        end += 1
+    return start, end
 
 
 def _piece_body(toks: list[int], budget: int) -> list[int]:

@@ -126,6 +126,30 @@ class _Span:
     as_key: bool = False  # a free-form object key rather than a value
 
 
+_FREE_KEY = {"type": "string", "minLength": 1, "maxLength": 64}  # a free-form object key
+
+
+class _LazySpans(dict):
+    """Spans of an unconstrained string: every word-aligned start, ends computed when asked."""
+
+    def __init__(self, decoder: "CallDecoder", starts: list[int]):
+        super().__init__((s, None) for s in starts)
+        self.decoder = decoder
+
+    def __getitem__(self, start: int) -> list[int]:
+        ends = super().__getitem__(start)
+        if ends is None:
+            ends = self.decoder.word_ends(start, self.decoder.max_span)
+            super().__setitem__(start, ends)
+        return ends
+
+    def get(self, start, default=None):
+        return self[start] if start in self else default
+
+    def items(self):
+        return ((s, self[s]) for s in list(self.keys()))
+
+
 class DecodeError(ValueError):
     """An action was not allowed, or targets cannot be encoded."""
 
@@ -143,7 +167,7 @@ class CallDecoder:
         self.max_calls, self.max_items, self.max_span = max_calls, max_items, max_span
         self.L = len(rendered.ids)
         self.text_pos = np.array([i for i, t in enumerate(rendered.pos_type) if t == PT_TEXT], dtype=np.int64)
-        self._valid_spans_cache: dict[int, dict[int, list[tuple[int, Any]]]] = {}
+        self._valid_spans_cache: dict = {}
         self._feasible_cache: dict[int, bool] = {}
         self.tool_of_pos = {p: i for i, p in enumerate(rendered.tool_pos)}
         self.named = None
@@ -166,24 +190,42 @@ class CallDecoder:
         cached = self._valid_spans_cache.get(key)
         if cached is not None:
             return cached
-        r, out = self.r, {}
-        limit = 8 if numeric else self.max_span
-        for s in self.text_pos:
-            s = int(s)
-            if not r.word_start[s]:
-                continue
-            ends = []
-            for e in range(s, min(s + limit, self.L)):
-                if r.segment[e] != r.segment[s]:
-                    break
-                if e + 1 < self.L and r.segment[e + 1] == r.segment[s] and not r.word_start[e + 1]:
-                    continue  # would cut a word in two
-                if plain or span_value(r.span_text(s, e), node)[0]:
-                    ends.append(e)
-            if ends:
-                out[s] = ends
+        out: dict[int, list[int]] = {}
+        if numeric:  # filter the request's number spans, found once per request
+            for s, e, text in self._number_spans():
+                if span_value(text, node)[0]:
+                    out.setdefault(s, []).append(e)
+        elif plain:  # any word-aligned span: ends are listed lazily, per start
+            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p]])
+        else:
+            for start in self.text_pos:
+                for e in self.word_ends(int(start), self.max_span):
+                    if span_value(self.r.span_text(int(start), e), node)[0]:
+                        out.setdefault(int(start), []).append(e)
         self._valid_spans_cache[key] = out
         return out
+
+    def word_ends(self, s: int, limit: int) -> list[int]:
+        """Ends of the spans from ``s`` inside one segment that do not cut a word (at most ``limit`` tokens)."""
+        r = self.r
+        if not r.word_start[s]:
+            return []
+        ends = []
+        for e in range(s, min(s + limit, self.L)):
+            if r.segment[e] != r.segment[s]:
+                break
+            if e + 1 < self.L and r.segment[e + 1] == r.segment[s] and not r.word_start[e + 1]:
+                continue
+            ends.append(e)
+        return ends
+
+    def _number_spans(self) -> list[tuple[int, int, str]]:
+        cached = self._valid_spans_cache.get("numbers")
+        if cached is None:
+            cached = [(int(s), e, text) for s in self.text_pos for e in self.word_ends(int(s), 8)
+                      if parse_number(text := self.r.span_text(int(s), e)) is not None]
+            self._valid_spans_cache["numbers"] = cached
+        return cached
 
     def feasible(self, node: dict) -> bool:
         key = id(node)
@@ -283,7 +325,7 @@ class CallDecoder:
                 pos[s] = True
 
     def _key_spans(self) -> dict:
-        return self.valid_spans({"type": "string", "maxLength": 64, "minLength": 1})
+        return self.valid_spans(_FREE_KEY)
 
     def _free_value_node(self, obj: _Object) -> dict:
         extra = obj.node.get("additionalProperties", True)
@@ -527,7 +569,7 @@ def _plan_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any
     """Raise DecodeError when ``value`` cannot be produced (checked before any action is emitted)."""
     inner, nullable = primary_branch(node)
     if value is None:
-        if not nullable:
+        if not nullable and "type" in inner:
             raise DecodeError("null not allowed")
         return
     options = enum_options(inner)

@@ -1,0 +1,192 @@
+"""Export parity: a tiny random `NeedleForToolCalling`, exported to ONNX, decides exactly as PyTorch.
+
+The model is randomly initialised (2 encoder layers, d=64; the real 30522-id vocabulary because
+inputs come from the real tokenizer), so its calls are arbitrary but deterministic: what matters
+is that the ONNX engine and the PyTorch path (`training.torch_engine.TorchEngine`) make the same
+ones, with the same logits. Also: int8 quantization runs and reports its agreement with fp32, and
+the manifest makes the engine refuse a tampered or missing file.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("onnx")
+
+from needle_core.callformat import Renderer  # noqa: E402
+from needle_core.decoding import CallDecoder  # noqa: E402
+from needle_core.engine import OnnxEngine  # noqa: E402
+from needle_core.errors import ModelFileError  # noqa: E402
+from needle_core.schema import to_tool_specs  # noqa: E402
+
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "Get the current weather for a city.",
+        "parameters": {"type": "object", "properties": {
+            "city": {"type": "string", "description": "city name"},
+            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"]}}},
+    {"type": "function", "function": {
+        "name": "send_email", "description": "Send an email message.",
+        "parameters": {"type": "object", "properties": {
+            "to": {"type": "string"}, "subject": {"type": "string"}, "body": {"type": "string"}},
+            "required": ["to", "body"]}}},
+    {"type": "function", "function": {
+        "name": "set_timer", "description": "Start a countdown timer.",
+        "parameters": {"type": "object", "properties": {
+            "minutes": {"type": "integer", "minimum": 1, "maximum": 600},
+            "label": {"type": "string"}, "loud": {"type": "boolean"}},
+            "required": ["minutes"]}}},
+    {"type": "function", "function": {
+        "name": "add_to_list", "description": "Add items to a shopping list.",
+        "parameters": {"type": "object", "properties": {
+            "items": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+            "list_name": {"type": "string"}},
+            "required": ["items"]}}},
+]
+
+REQUESTS = [
+    "What's the weather in Paris?",
+    "Is it cold in Oslo today, in celsius please",
+    "weather for San Francisco in fahrenheit",
+    "Email bob@example.com that the meeting moved to 3pm",
+    "Send a note to Alice saying lunch is at noon",
+    "Set a timer for 25 minutes called pomodoro",
+    "timer 5 minutes, make it loud",
+    "Add milk, eggs and bread to my groceries list",
+    "put apples on the shopping list",
+    "Remind me in 90 minutes to call mom",
+    "Tell me a joke",
+    "What's 2 plus 2?",
+    "Send the weather in Rome to carol@example.org",
+    "Start a 10 minute timer and tell me the weather in Lisbon",
+    "Write to dave@example.com: the report is done, thanks!",
+    "Add 3 bananas to the list named weekend",
+    "How warm is Tokyo in fahrenheit?",
+    "Ping erin@example.com about the 7 tickets",
+    "Set timer 45",
+    "Nothing to do here, just saying hi 👋",
+]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from transformers import BertConfig
+
+    from needle_core.modeling_needle import NeedleConfig, NeedleForToolCalling
+    from training.export import export_onnx, write_manifest
+
+    root = tmp_path_factory.mktemp("tiny_export")
+    torch.manual_seed(0)
+    encoder = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         intermediate_size=128, max_position_embeddings=512).to_dict()
+    cfg = NeedleConfig(encoder=encoder, decoder_layers=2, decoder_heads=4, decoder_ffn=128, dropout=0.0)
+    model = NeedleForToolCalling(cfg).eval()
+    with torch.no_grad():  # sharper random scores: fewer near-ties for fp32 rounding to break
+        for head in (model.struct_head, model.ptr_query, model.ptr_key):
+            head.weight.mul_(10.0)
+    ckpt = root / "checkpoint"
+    model.save_pretrained(str(ckpt))
+    fp32 = export_onnx(str(ckpt), str(root / "fp32"))
+    write_manifest(fp32)
+    return {"root": root, "checkpoint": ckpt, "fp32": fp32}
+
+
+@pytest.fixture(scope="module")
+def cases():
+    specs = to_tool_specs(TOOLS)
+    renderer = Renderer()
+    return specs, [renderer.render([{"role": "user", "content": q}], specs) for q in REQUESTS]
+
+
+@pytest.fixture(scope="module")
+def engines(exported):
+    from training.torch_engine import TorchEngine
+
+    return OnnxEngine(exported["fp32"], threads=1), TorchEngine(exported["checkpoint"], threads=1)
+
+
+def _decode_traced(engine, rendered, specs, tool_choice, monkeypatch):
+    """Calls per request and the logits of every step (batch of all requests, padded)."""
+    import needle_core.decoding as decoding
+    import needle_core.engine as engine_module
+
+    trace: list[np.ndarray] = []
+
+    def traced(decoders, step_fn, max_steps=256):
+        def recording(prev, kinds):
+            logits = step_fn(prev, kinds)
+            trace.append(np.array(logits, copy=True))
+            return logits
+
+        return decoding.greedy_decode_batch(decoders, recording, max_steps=max_steps)
+
+    monkeypatch.setattr(engine_module, "greedy_decode_batch", traced)
+    decoders = [CallDecoder(r, specs, tool_choice=tool_choice) for r in rendered]
+    if isinstance(engine, OnnxEngine):
+        out = engine.decode(decoders, engine.encode([r.ids for r in rendered]))
+    else:
+        step = engine.step_fn(engine.encode([r.ids for r in rendered]), len(decoders), trace=trace)
+        out = decoding.greedy_decode_batch(decoders, step)
+    monkeypatch.undo()
+    return [calls for calls, _, _ in out], trace
+
+
+def test_encoder_outputs_match(engines, cases):
+    onnx_engine, torch_engine = engines
+    _, rendered = cases
+    ids = [r.ids for r in rendered]
+    a, b = onnx_engine.encode(ids), torch_engine.encode(ids)
+    for key in ("enc", "cross_k", "cross_v", "ptr_keys"):
+        np.testing.assert_allclose(a[key], b[key], atol=1e-4, rtol=0, err_msg=key)
+
+
+@pytest.mark.parametrize("tool_choice", ["auto", "required"])
+def test_onnx_calls_and_logits_equal_pytorch(engines, cases, tool_choice, monkeypatch):
+    onnx_engine, torch_engine = engines
+    specs, rendered = cases
+    onnx_calls, onnx_trace = _decode_traced(onnx_engine, rendered, specs, tool_choice, monkeypatch)
+    torch_calls, torch_trace = _decode_traced(torch_engine, rendered, specs, tool_choice, monkeypatch)
+    for q, a, b in zip(REQUESTS, onnx_calls, torch_calls):
+        assert a == b, f"{q!r}: ONNX {a} != PyTorch {b}"
+    assert len(onnx_trace) == len(torch_trace) > 1
+    for step, (a, b) in enumerate(zip(onnx_trace, torch_trace)):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0, err_msg=f"logits at step {step}")
+    if tool_choice == "required":
+        assert all(calls for calls in onnx_calls)  # the comparison covered real calls and arguments
+
+
+def test_int8_quantization_reports_agreement(exported, engines, cases):
+    from training.export import quantize
+    from training.torch_engine import decision_agreement
+
+    specs, rendered = cases
+    int8 = quantize(str(exported["fp32"]), str(exported["root"] / "int8"), "int8")
+    int8_engine = OnnxEngine(int8, threads=1)
+    assert int8_engine.meta["precision"] == "int8"
+    agreement = decision_agreement(engines[0], int8_engine, rendered, specs, tool_choice="required")
+    assert isinstance(agreement, float) and 0.0 <= agreement <= 1.0
+    print(f"int8 vs fp32 agreement on {len(rendered)} requests (random tiny model): {agreement:.2f}")
+
+
+def test_manifest_rejects_tampered_file(exported, tmp_path):
+    bad = tmp_path / "tampered"
+    shutil.copytree(exported["fp32"], bad)
+    data = bytearray((bad / "encoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="encoder.onnx"):
+        OnnxEngine(bad, threads=1)
+
+
+@pytest.mark.parametrize("name", ["decoder.onnx", "manifest.json"])
+def test_manifest_rejects_missing_file(exported, tmp_path, name):
+    bad = tmp_path / "incomplete"
+    shutil.copytree(exported["fp32"], bad)
+    (bad / name).unlink()
+    with pytest.raises(ModelFileError, match=name.replace(".", r"\.")):
+        OnnxEngine(bad, threads=1)

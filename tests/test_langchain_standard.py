@@ -1,0 +1,40 @@
+"""LangChain's standard chat-model suites, run on ChatNeedle.
+
+For now the deterministic fake engine (tests/fake_needle.py) stands in for the bundled model;
+switch ``chat_model_params`` to ``{}`` (or a ``model_dir``) once the real engine lands.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fake_needle import FakeNeedle
+from langchain_core.language_models import BaseChatModel
+from langchain_tests.integration_tests import ChatModelIntegrationTests
+from langchain_tests.unit_tests import ChatModelUnitTests
+
+from needle_adapters.langchain import ChatNeedle
+
+
+class NeedleParams:
+    """The model under test, for both suites."""
+
+    @property
+    def chat_model_class(self) -> type[ChatNeedle]:
+        return ChatNeedle
+
+    @property
+    def chat_model_params(self) -> dict:
+        return {"needle": FakeNeedle()}
+
+
+class TestChatNeedleUnit(NeedleParams, ChatModelUnitTests):
+    pass
+
+
+class TestChatNeedleIntegration(NeedleParams, ChatModelIntegrationTests):
+    @pytest.mark.xfail(
+        reason="forces magic_function(input: int) on 'Hello!', which holds no number: Needle copies argument "
+        "values from the request and returns no call (with a warning) rather than invent one"
+    )
+    def test_tool_choice(self, model: BaseChatModel) -> None:
+        super().test_tool_choice(model)

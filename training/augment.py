@@ -1,0 +1,490 @@
+"""Label-preserving augmentation of canonical examples.
+
+About 10k recorded examples are too few for the student to learn *which* tool and *which* span,
+rather than memorising the few tools it has seen. Each transform below changes the input in a
+way whose correct answer is known exactly, so the new label is as trustworthy as the old one:
+
+- **distractors**: extra tools from the Seal-Tools pool, half drawn at random and half "hard"
+  (the same Seal-Tools field as a called tool, or another tool of the same source); tools whose
+  name or description is close to a called tool are never used, since they might be a second
+  right answer;
+- **negative**: the request with only unrelated tools (different field, no shared name word
+  with the request) -> ``calls: []``;
+- **rename**: tool names and parameter keys restyled (snake_case, camelCase or opaque ids, as
+  ToolRL does) consistently in tools, history and calls; names the conversation mentions are
+  kept;
+- **shuffle**: tool order and property order;
+- **substitute**: a string argument that appears literally in the conversation is replaced, in
+  the text and in every argument, by another value of the same kind (same parameter name and
+  shape, e.g. a city for a city) seen elsewhere in the data;
+- **merge**: two single-call requests joined with " and also " / "; then " -> two parallel calls.
+
+Every output passes `validate_example` (which runs `validate_call`); a transform that cannot
+apply to an example, or whose result fails, is counted in ``stats`` and another is tried.
+`augment(examples, factor, seed, pool)` is deterministic for a given seed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import string
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from training.data import validate_example
+
+STOPWORDS = frozenset(
+    "the and for with from that this what when where which who how are was were get set can you your "
+    "please about into onto will would could should need want like find tell give show make use using "
+    "some any all one two its his her their our out new information info data details api tool".split())
+
+# variant kinds and their weights
+KINDS = ("variant", "negative", "merge")
+KIND_WEIGHTS = (0.75, 0.15, 0.10)
+MAX_TOOLS = 8  # keeps the rendered input inside the model's 512 positions
+
+
+# ---- words --------------------------------------------------------------------------------------
+
+def name_words(name: str) -> list[str]:
+    """``getWeatherForecast`` / ``get_weather.forecast`` -> ``["get", "weather", "forecast"]``."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name))
+    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]
+
+
+def content_words(text: str) -> frozenset[str]:
+    """Lower-case content words (plural 's' dropped) for cheap relatedness tests."""
+    words = set()
+    for w in name_words(text):
+        if len(w) < 3 or w in STOPWORDS or w.isdigit():
+            continue
+        words.add(w[:-1] if w.endswith("s") and len(w) > 3 else w)
+    return frozenset(words)
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+# ---- the distractor pool ------------------------------------------------------------------------
+
+@dataclass
+class ToolPool:
+    """Canonical tools with a field each (Seal-Tools' 146 fields), indexed for sampling."""
+
+    tools: list[dict]
+    fields: list[str]
+    name_words: list[frozenset] = field(init=False)
+    all_words: list[frozenset] = field(init=False)
+    by_field: dict[str, list[int]] = field(init=False)
+    index: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.name_words = [content_words(t["name"]) for t in self.tools]
+        self.all_words = [content_words(t["name"] + " " + t.get("description", "")) for t in self.tools]
+        self.by_field = defaultdict(list)
+        for i, f in enumerate(self.fields):
+            self.by_field[f].append(i)
+        self.index = {t["name"]: i for i, t in enumerate(self.tools)}
+
+    def field_of(self, name: str) -> str | None:
+        i = self.index.get(name)
+        return self.fields[i] if i is not None else None
+
+    def __len__(self) -> int:
+        return len(self.tools)
+
+
+@lru_cache(maxsize=4)
+def _load_pool(path: str) -> ToolPool:
+    from training.importers import load_seal_tools
+
+    entries = load_seal_tools(path)
+    return ToolPool([t for t, _ in entries.values()], [f for _, f in entries.values()])
+
+
+def load_tool_pool(path: str | Path | None = None) -> ToolPool:
+    """The Seal-Tools pool (tool.jsonl), converted once and cached in memory. ``path`` is the
+    shared data folder (default ``../shared/data``), its seal_tools folder or tool.jsonl."""
+    from training.importers import DEFAULT_DATA_DIR, seal_tool_file
+
+    return _load_pool(str(seal_tool_file(path or DEFAULT_DATA_DIR).resolve()))
+
+
+def pool_from_examples(examples: list[dict]) -> ToolPool:
+    """A pool of the examples' own tools (field = source), for when tool.jsonl is not at hand."""
+    seen: dict[str, tuple[dict, str]] = {}
+    for ex in examples:
+        for t in ex["tools"]:
+            seen.setdefault(t["name"], (t, ex["source"]))
+    return ToolPool([t for t, _ in seen.values()], [f for _, f in seen.values()])
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+def _user_only(ex: dict) -> bool:
+    return len(ex["messages"]) == 1 and ex["messages"][0]["role"] == "user"
+
+
+def _text(ex: dict) -> str:
+    return "\n".join(m["content"] for m in ex["messages"] if m["role"] in ("user", "system", "tool"))
+
+
+def _too_close(words: tuple[frozenset, frozenset], golds: list[tuple[frozenset, frozenset]]) -> bool:
+    """A candidate distractor that might be a second right answer (similar name or description)."""
+    name, desc = words
+    return any(_jaccard(name, gn) >= 0.5 or _jaccard(desc, gd) >= 0.5 or (name and name <= gn) for gn, gd in golds)
+
+
+def _reorder_properties(tool: dict, rng: random.Random) -> dict:
+    params = tool["parameters"]
+    keys = list(params["properties"])
+    rng.shuffle(keys)
+    new_params = dict(params)
+    new_params["properties"] = {k: params["properties"][k] for k in keys}
+    new_params["required"] = [k for k in keys if k in set(params["required"])]
+    return {**tool, "parameters": new_params}
+
+
+@dataclass
+class _Context:
+    pool: ToolPool
+    source_tools: dict[str, list[dict]]
+    value_bank: dict[tuple, list[str]]
+    singles: list[dict]
+    stats: Counter
+
+
+# ---- transforms (each returns a new example, or None when it does not apply) ----------------------
+
+def _unrelated(words: tuple[frozenset, frozenset], request: frozenset) -> bool:
+    """No name word in the request and at most one description word: it cannot be what was asked."""
+    name, desc = words
+    return not (name & request) and len(desc & request) <= 1
+
+
+def add_distractors(ex: dict, ctx: _Context, rng: random.Random, k: int | None = None) -> dict | None:
+    """Add 1-3 tools nobody calls: a mix of random pool tools and same-field / same-source ones.
+
+    A distractor must never be a second right answer: it may not resemble a declared tool, nor
+    name something the request asks for that the declared tools do not (API-Bank's answer is
+    ToolSearcher exactly because no fitting tool is declared). Where the answer is "no call" it
+    must be unrelated to the request altogether."""
+    room = MAX_TOOLS - len(ex["tools"])
+    if room <= 0:
+        return None
+    k = min(k or rng.randint(1, 3), room)
+    names = {t["name"] for t in ex["tools"]}
+    golds = [(content_words(t["name"]), content_words(t["name"] + " " + t.get("description", "")))
+             for t in ex["tools"]]
+    request = content_words(_text(ex))
+    declared = frozenset().union(*(g[0] for g in golds))
+    gold_fields = {f for f in (ctx.pool.field_of(n) for n in names) if f}
+    hard: list[dict] = [ctx.pool.tools[i] for f in gold_fields for i in ctx.pool.by_field.get(f, [])]
+    hard += ctx.source_tools.get(ex["source"], [])
+    chosen: list[dict] = []
+    for _ in range(k * 6):  # a few tries per slot: candidates are filtered
+        if len(chosen) == k:
+            break
+        if hard and rng.random() < 0.5:
+            cand = rng.choice(hard)
+        else:
+            cand = ctx.pool.tools[rng.randrange(len(ctx.pool))]
+        words = (content_words(cand["name"]), content_words(cand["name"] + " " + cand.get("description", "")))
+        if (cand["name"] in names or _too_close(words, golds) or not (words[0] & request) <= declared
+                or (not ex["calls"] and not _unrelated(words, request))):
+            continue
+        chosen.append(cand)
+        names.add(cand["name"])
+    if not chosen:
+        return None
+    new = copy.deepcopy(ex)
+    new["tools"] = new["tools"] + copy.deepcopy(chosen)
+    return new
+
+
+def make_negative(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """The same request with 1-4 unrelated pool tools and no call."""
+    if not _user_only(ex):
+        return None
+    request = content_words(ex["messages"][0]["content"])
+    avoid_fields = {f for f in (ctx.pool.field_of(t["name"]) for t in ex["tools"]) if f}
+    golds = [(content_words(t["name"]), content_words(t["name"] + " " + t.get("description", "")))
+             for t in ex["tools"]]
+    want, chosen, names = rng.randint(1, 4), [], set()
+    for _ in range(want * 8):
+        if len(chosen) == want:
+            break
+        i = rng.randrange(len(ctx.pool))
+        tool, words = ctx.pool.tools[i], (ctx.pool.name_words[i], ctx.pool.all_words[i])
+        if (tool["name"] in names or ctx.pool.fields[i] in avoid_fields or not _unrelated(words, request)
+                or _too_close(words, golds)):
+            continue
+        chosen.append(tool)
+        names.add(tool["name"])
+    if not chosen:
+        return None
+    return {**copy.deepcopy(ex), "tools": copy.deepcopy(chosen), "calls": []}
+
+
+def shuffle_order(ex: dict, ctx: _Context, rng: random.Random) -> dict:
+    """Shuffle tool order and each tool's property order (the label does not depend on either)."""
+    new = copy.deepcopy(ex)
+    rng.shuffle(new["tools"])
+    new["tools"] = [_reorder_properties(t, rng) for t in new["tools"]]
+    return new
+
+
+def _restyle(name: str, style: str, rng: random.Random) -> str:
+    words = name_words(name) or ["x"]
+    if style == "snake":
+        return "_".join(words)
+    if style == "camel":
+        return words[0] + "".join(w.capitalize() for w in words[1:])
+    alphabet = string.ascii_letters + string.digits
+    return rng.choice(string.ascii_letters) + "".join(rng.choice(alphabet) for _ in range(rng.randint(4, 11)))
+
+
+def _mentioned(name: str, text: str) -> bool:
+    """Does the conversation refer to this identifier (``ID_SOCIO``, ``get_weather``)? Plain
+    words (``location``) are ordinary language, not references, and may be renamed."""
+    if not re.search(r"[_.\d]|[a-z][A-Z]", name):
+        return False
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text, re.I) is not None
+
+
+def rename(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """Restyle tool names and top-level parameter keys, consistently everywhere."""
+    from needle_core.schema import TOOL_NAME_RE
+
+    style = rng.choices(("snake", "camel", "opaque"), (0.4, 0.4, 0.2))[0]
+    text = "\n".join(m["content"] for m in ex["messages"])
+    tool_map: dict[str, str] = {}
+    key_maps: dict[str, dict[str, str]] = {}
+    taken = {t["name"] for t in ex["tools"]}
+    for tool in ex["tools"]:
+        old = tool["name"]
+        new = _restyle(old, style, rng)
+        if new != old and new not in taken and TOOL_NAME_RE.match(new) and not _mentioned(old, text):
+            tool_map[old] = new
+            taken.add(new)
+        keys = list(tool["parameters"]["properties"])
+        kmap: dict[str, str] = {}
+        for key in keys:
+            new_key = _restyle(key, style, rng)
+            if new_key != key and new_key not in keys and new_key not in kmap.values() and not _mentioned(key, text):
+                kmap[key] = new_key
+        key_maps[old] = kmap
+    if not tool_map and not any(key_maps.values()):
+        return None
+
+    def rename_call(call: dict) -> None:
+        kmap = key_maps.get(call["name"], {})
+        call["arguments"] = {kmap.get(k, k): v for k, v in call["arguments"].items()}
+        call["name"] = tool_map.get(call["name"], call["name"])
+
+    new = copy.deepcopy(ex)
+    for tool in new["tools"]:
+        kmap = key_maps[tool["name"]]
+        params = tool["parameters"]
+        params["properties"] = {kmap.get(k, k): v for k, v in params["properties"].items()}
+        params["required"] = [kmap.get(k, k) for k in params["required"]]
+        tool["name"] = tool_map.get(tool["name"], tool["name"])
+    for msg in new["messages"]:
+        for call in msg.get("tool_calls") or []:
+            rename_call(call)
+        if msg["role"] == "tool" and msg.get("name"):
+            msg["name"] = tool_map.get(msg["name"], msg["name"])
+    for call in new["calls"]:
+        rename_call(call)
+    return new
+
+
+# value substitution ---------------------------------------------------------------------------
+
+def _shape(value: str) -> str:
+    if re.fullmatch(r"[^@\s]+@[^@\s]+\.\w+", value):
+        return "email"
+    if re.match(r"https?://", value):
+        return "url"
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        return "date"
+    if re.fullmatch(r"[\d\s().+:-]+", value):
+        return "digits"
+    if " " not in value and re.search(r"\d", value) and re.search(r"[A-Za-z]", value):
+        return "code"
+    if all(w[:1].isupper() for w in value.split()):
+        return "title"
+    return "text"
+
+
+def _value_key(param: str, value: str) -> tuple[str, str]:
+    return (re.sub(r"[^a-z0-9]", "", param.lower()), _shape(value))
+
+
+def _word_pattern(value: str) -> re.Pattern:
+    left = r"(?<![A-Za-z0-9])" if value[:1].isalnum() else ""
+    right = r"(?![A-Za-z0-9])" if value[-1:].isalnum() else ""
+    return re.compile(left + re.escape(value) + right)
+
+
+def _substitutable(ex: dict) -> list[tuple[str, str]]:
+    """(parameter, value) pairs of string arguments that occur literally in the user's words."""
+    user = "\n".join(m["content"] for m in ex["messages"] if m["role"] == "user")
+    out = []
+    for call in ex["calls"]:
+        for key, value in call["arguments"].items():
+            if isinstance(value, str) and len(value) >= 3 and value.strip() == value and _word_pattern(value).search(user):
+                out.append((key, value))
+    return out
+
+
+def build_value_bank(examples: list[dict]) -> dict[tuple, list[str]]:
+    """Literal string argument values by (parameter name, shape): the replacements for `substitute`."""
+    bank: dict[tuple, set[str]] = defaultdict(set)
+    for ex in examples:
+        for key, value in _substitutable(ex):
+            bank[_value_key(key, value)].add(value)
+    return {k: sorted(v) for k, v in bank.items() if len(v) >= 2}
+
+
+def _replace_everywhere(obj: Any, pattern: re.Pattern, new: str) -> Any:
+    if isinstance(obj, str):
+        return pattern.sub(lambda _: new, obj)
+    if isinstance(obj, list):
+        return [_replace_everywhere(v, pattern, new) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _replace_everywhere(v, pattern, new) for k, v in obj.items()}
+    return obj
+
+
+def substitute(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """Swap one literal argument value for another of its kind, in the text and every argument."""
+    candidates = _substitutable(ex)
+    rng.shuffle(candidates)
+    everything = json.dumps([ex["messages"], ex["calls"]], ensure_ascii=False)
+    for key, old in candidates:
+        pattern = _word_pattern(old)
+        # every occurrence, in any letter case, must be an exact one, so one swap covers all
+        if len(re.findall(re.escape(old), everything, re.I)) != len(pattern.findall(everything)):
+            continue
+        options = [v for v in ctx.value_bank.get(_value_key(key, old), [])
+                   if v != old and v.lower() not in everything.lower() and old.lower() not in v.lower()]
+        if not options:
+            continue
+        new_value = rng.choice(options)
+        new = copy.deepcopy(ex)
+        for msg in new["messages"]:  # text and argument values only, never names or ids
+            msg["content"] = _replace_everywhere(msg["content"], pattern, new_value)
+            for call in msg.get("tool_calls") or []:
+                call["arguments"] = _replace_everywhere(call["arguments"], pattern, new_value)
+        for call in new["calls"]:
+            call["arguments"] = _replace_everywhere(call["arguments"], pattern, new_value)
+        return new
+    return None
+
+
+# merging --------------------------------------------------------------------------------------
+
+_STARTERS = frozenset(
+    "add book calculate can check convert could create delete do find get give help how i'd i'll let list "
+    "look make play please recommend remind retrieve search send set show tell translate update what "
+    "when where which who why will would".split())
+
+
+def _join(a: str, b: str, rng: random.Random) -> str:
+    """Two requests as one: "A and also b" / "A; then b" (a question ends with "? Also, b")."""
+    a, b = a.strip(), b.strip()
+    first = b.split(" ", 1)[0]
+    if first.lower().strip(",") in _STARTERS and first != "I":
+        b = b[0].lower() + b[1:]
+    if a.endswith("?"):
+        return f"{a} Also, {b}"
+    return a.rstrip(".!") + rng.choice((" and also ", "; then ")) + b
+
+
+def merge(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """Join this single-call request with another into one request with both calls."""
+    if not (_user_only(ex) and len(ex["calls"]) == 1) or len(ctx.singles) < 2:
+        return None
+    names = {t["name"]: t for t in ex["tools"]}
+    for _ in range(8):
+        other = rng.choice(ctx.singles)
+        if other["id"] == ex["id"] or len(ex["tools"]) + len(other["tools"]) > MAX_TOOLS:
+            continue
+        if any(t["name"] in names and names[t["name"]] != t for t in other["tools"]):
+            continue  # same name, different schema: the label would be ambiguous
+        new = copy.deepcopy(ex)
+        new["messages"] = [{"role": "user", "content": _join(ex["messages"][0]["content"],
+                                                             other["messages"][0]["content"], rng)}]
+        new["tools"] = new["tools"] + [copy.deepcopy(t) for t in other["tools"] if t["name"] not in names]
+        new["calls"] = new["calls"] + copy.deepcopy(other["calls"])
+        if other["source"] != ex["source"]:
+            new["source"] = f"{ex['source']}+{other['source']}"
+        if other["teacher"] != ex["teacher"]:
+            new["teacher"] = f"{ex['teacher']} + {other['teacher']}"
+        new["id"] = f"{ex['id']}+{other['id']}"
+        return new
+    return None
+
+
+def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
+    """A composition: maybe substitute a value, maybe rename, usually add distractors; always shuffle."""
+    new = ex
+    steps = ((0.4, substitute), (0.3, rename), (0.8, add_distractors))
+    for p, step in steps:
+        if rng.random() < p:
+            out = step(new, ctx, rng)
+            if out is not None:
+                ctx.stats[f"applied: {step.__name__}"] += 1
+                new = out
+    return shuffle_order(new, ctx, rng)
+
+
+_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge}
+
+
+# ---- the entry point ----------------------------------------------------------------------------
+
+def augment(examples: list[dict], factor: int = 1, seed: int = 0, pool: ToolPool | None = None,
+            stats: Counter | None = None) -> list[dict]:
+    """The examples followed by ``factor`` augmented copies of each (fewer where a copy fails).
+
+    ``pool`` is a `ToolPool` (see `load_tool_pool`); by default the Seal-Tools pool under
+    ``../shared/data``, or the examples' own tools when that is not there. ``stats`` (a Counter)
+    receives what was made and what failed. Same examples + seed -> same output."""
+    stats = stats if stats is not None else Counter()
+    if pool is None:
+        try:
+            pool = load_tool_pool()
+        except FileNotFoundError:
+            pool = pool_from_examples(examples)
+    source_tools: dict[str, dict[str, dict]] = defaultdict(dict)
+    for ex in examples:
+        for t in ex["tools"]:
+            source_tools[ex["source"]].setdefault(t["name"], t)
+    ctx = _Context(pool=pool, source_tools={s: list(t.values()) for s, t in source_tools.items()},
+                   value_bank=build_value_bank(examples),
+                   singles=[ex for ex in examples if _user_only(ex) and len(ex["calls"]) == 1], stats=stats)
+    rng = random.Random(seed)
+    out = list(examples)
+    for ex in examples:
+        for k in range(factor):
+            kind = rng.choices(KINDS, KIND_WEIGHTS)[0]
+            new = _MAKERS[kind](ex, ctx, rng)
+            if new is None:
+                stats[f"not applicable: {kind}"] += 1
+                kind, new = "variant", make_variant(ex, ctx, rng)
+            new["id"] = f"{new['id']}~{kind}{k}"
+            problems = validate_example(new)
+            if problems:
+                stats[f"failed validation: {kind}"] += 1
+                continue
+            stats[f"made: {kind}"] += 1
+            out.append(new)
+    return out
