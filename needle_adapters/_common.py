@@ -9,7 +9,6 @@ LlamaIndex.
 from __future__ import annotations
 
 import functools
-import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -68,11 +67,6 @@ def tool_results_summary(messages: list[dict[str, Any]]) -> str | None:
         if m["role"] == "tool"
     ]
     return "\n".join(lines) or None
-
-
-def arguments_json(call: ToolCall) -> str:
-    """A call's arguments as the JSON text frameworks stream (non-ASCII kept as is)."""
-    return json.dumps(call.arguments, ensure_ascii=False)
 
 
 @dataclass

@@ -17,6 +17,7 @@ plainly that Needle only makes tool decisions. ``response_metadata["answered_by"
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -38,7 +39,8 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import Field
 
-from needle_adapters._common import Decision, Turn, arguments_json, count_tokens, load_engine, resolve_tool_choice
+from needle_adapters._common import Decision, Turn, count_tokens, load_engine, resolve_tool_choice
+from needle_core.types import ToolCall
 
 _ROLES = {
     "human": "user",
@@ -49,6 +51,11 @@ _ROLES = {
     "developer": "system",
     "tool": "tool",
 }
+
+
+def _arguments_json(call: ToolCall) -> str:
+    """A call's arguments as JSON text, non-ASCII kept as is (tool_call_chunks and invalid calls carry text)."""
+    return json.dumps(call.arguments, ensure_ascii=False)
 
 
 def _names(tools: list[dict[str, Any]]) -> list[str]:
@@ -190,7 +197,7 @@ class ChatNeedle(BaseChatModel):
             content=decision.text,
             tool_calls=[tool_call(name=c.name, args=c.arguments, id=c.id) for c in decision.calls],
             invalid_tool_calls=[
-                invalid_tool_call(name=c.name, args=arguments_json(c), id=c.id, error=e) for c, e in decision.invalid
+                invalid_tool_call(name=c.name, args=_arguments_json(c), id=c.id, error=e) for c, e in decision.invalid
             ],
             usage_metadata=self._usage(turn, decision),
             response_metadata=decision.metadata(self._engine.model_name),
@@ -207,7 +214,7 @@ class ChatNeedle(BaseChatModel):
         parts += [
             {
                 "content": "",
-                "tool_call_chunks": [tool_call_chunk(name=c.name, args=arguments_json(c), id=c.id, index=i)],
+                "tool_call_chunks": [tool_call_chunk(name=c.name, args=_arguments_json(c), id=c.id, index=i)],
             }
             for i, c in enumerate(decision.calls)
         ]

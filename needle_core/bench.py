@@ -48,7 +48,7 @@ def bfcl_data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("needle bench reads BFCL requests from the bfcl-eval package, which is not installed: "
                            "pip install --no-deps bfcl-eval")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def load_requests(n: int) -> list[tuple[str, list[dict]]]:
@@ -117,7 +117,7 @@ def measure_latency(needle, cases, warmup: int, desc: str, quiet: bool = False) 
         t0 = time.perf_counter()
         try:
             result = needle.call(text, tools)
-        except Exception:  # a request the engine rejects is counted, never timed
+        except Exception:  # noqa: BLE001 - a request the engine rejects is counted, never timed
             errors += 1
             continue
         times.append((time.perf_counter() - t0) * 1e3)
@@ -277,7 +277,7 @@ def measure_memory(model_dir: Path, n: int = 20) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.run([sys.executable, "-c", code, str(model_dir), str(n)], capture_output=True, text=True,
-                          env=env, timeout=600)
+                          env=env, timeout=600, check=False)
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip()[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])

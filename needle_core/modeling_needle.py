@@ -144,7 +144,11 @@ class NeedleForToolCalling(PreTrainedModel):
         ``pos_type``, logits outside the coarse per-kind masks are removed before the loss.
         """
         enc, cross, ptr_keys = self.encode(input_ids, attention_mask)
-        steps = torch.arange(prev_actions.shape[1], device=input_ids.device).expand_as(prev_actions)
+        return self.decode_actions(enc, cross, ptr_keys, attention_mask, prev_actions, kinds, labels, pos_type)
+
+    def decode_actions(self, enc, cross, ptr_keys, attention_mask, prev_actions, kinds, labels=None, pos_type=None):
+        """Teacher-forced decoder over encoder outputs (`encode`'s, or the ONNX encoder's in finetuning)."""
+        steps = torch.arange(prev_actions.shape[1], device=enc.device).expand_as(prev_actions)
         x = self.step_inputs(enc, prev_actions, kinds, steps)
         cross_mask = attention_mask.bool()[:, None, None, :]
         for layer, (ck, cv) in zip(self.layers, cross):

@@ -38,10 +38,13 @@ from typing import Any
 
 from training.data import validate_example
 
-STOPWORDS = frozenset(
-    "the and for with from that this what when where which who how are was were get set can you your "
-    "please about into onto will would could should need want like find tell give show make use using "
-    "some any all one two its his her their our out new information info data details api tool".split())
+STOPWORDS = frozenset((
+    "the", "and", "for", "with", "from", "that", "this", "what", "when", "where", "which", "who", "how",
+    "are", "was", "were", "get", "set", "can", "you", "your", "please", "about", "into", "onto", "will",
+    "would", "could", "should", "need", "want", "like", "find", "tell", "give", "show", "make", "use",
+    "using", "some", "any", "all", "one", "two", "its", "his", "her", "their", "our", "out", "new",
+    "information", "info", "data", "details", "api", "tool",
+))
 
 # variant kinds and their weights
 KINDS = ("variant", "negative", "merge")
@@ -255,7 +258,7 @@ def _mentioned(name: str, text: str) -> bool:
     words (``location``) are ordinary language, not references, and may be renamed."""
     if not re.search(r"[_.\d]|[a-z][A-Z]", name):
         return False
-    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text, re.I) is not None
+    return re.search(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])", text, re.IGNORECASE) is not None
 
 
 def rename(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
@@ -334,12 +337,23 @@ def _word_pattern(value: str) -> re.Pattern:
 
 
 def _substitutable(ex: dict) -> list[tuple[str, str]]:
-    """(parameter, value) pairs of string arguments that occur literally in the user's words."""
+    """(parameter, value) pairs that can be swapped for another value of their kind: string
+    arguments found literally in the user's words that name a specific thing (a name, code,
+    number, date, address or phrase), not a single common word, an enum option or an option the
+    parameter's description lists (``setting_type="location"`` is a choice, not a place)."""
     user = "\n".join(m["content"] for m in ex["messages"] if m["role"] == "user")
+    props = {t["name"]: t["parameters"]["properties"] for t in ex["tools"]}
     out = []
     for call in ex["calls"]:
         for key, value in call["arguments"].items():
-            if isinstance(value, str) and len(value) >= 3 and value.strip() == value and _word_pattern(value).search(user):
+            if not isinstance(value, str) or len(value) < 3 or value.strip() != value:
+                continue
+            schema = props.get(call["name"], {}).get(key, {})
+            if "enum" in schema or value.lower() in str(schema.get("description", "")).lower():
+                continue
+            if _shape(value) == "text" and " " not in value:
+                continue
+            if _word_pattern(value).search(user):
                 out.append((key, value))
     return out
 
@@ -371,7 +385,7 @@ def substitute(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     for key, old in candidates:
         pattern = _word_pattern(old)
         # every occurrence, in any letter case, must be an exact one, so one swap covers all
-        if len(re.findall(re.escape(old), everything, re.I)) != len(pattern.findall(everything)):
+        if len(re.findall(re.escape(old), everything, re.IGNORECASE)) != len(pattern.findall(everything)):
             continue
         options = [v for v in ctx.value_bank.get(_value_key(key, old), [])
                    if v != old and v.lower() not in everything.lower() and old.lower() not in v.lower()]
@@ -391,10 +405,12 @@ def substitute(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
 
 # merging --------------------------------------------------------------------------------------
 
-_STARTERS = frozenset(
-    "add book calculate can check convert could create delete do find get give help how i'd i'll let list "
-    "look make play please recommend remind retrieve search send set show tell translate update what "
-    "when where which who why will would".split())
+_STARTERS = frozenset((
+    "add", "book", "calculate", "can", "check", "convert", "could", "create", "delete", "do", "find",
+    "get", "give", "help", "how", "i'd", "i'll", "let", "list", "look", "make", "play", "please",
+    "recommend", "remind", "retrieve", "search", "send", "set", "show", "tell", "translate", "update",
+    "what", "when", "where", "which", "who", "why", "will", "would",
+))
 
 
 def _join(a: str, b: str, rng: random.Random) -> str:

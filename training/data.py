@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from needle_core.errors import NeedleError
 
-
 # ---- the shape ------------------------------------------------------------------------------
 
 class _Strict(BaseModel):
@@ -87,6 +86,8 @@ def tool_spec(tool: dict[str, Any]):
         if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
             _SPEC_CACHE.clear()
         _SPEC_CACHE[key] = spec
+        # the canonical form converts to itself, so it needs no second conversion later
+        _SPEC_CACHE.setdefault(json.dumps(spec.to_dict(), ensure_ascii=False), spec)
     return spec
 
 

@@ -81,8 +81,37 @@ def export_onnx(checkpoint: str, out_dir: str, opset: int = 17) -> Path:
                                         "logits": {0: "B", 1: "A"}, "new_k": {1: "B", 3: "T1"},
                                         "new_v": {1: "B", 3: "T1"}})
     meta = {"format": "needle-onnx/1", "d_model": d, "decoder_layers": layers, "decoder_heads": heads,
-            "max_steps": cfg.max_steps, "precision": "fp32", "source_checkpoint": Path(checkpoint).name}
+            "max_steps": cfg.max_steps, "precision": "fp32", "source_checkpoint": Path(checkpoint).name,
+            "config": cfg.to_dict(), "decoder_initializers": decoder_initializer_map(model, out / "decoder.onnx")}
     (out / "needle.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
+    """ONNX initializer name -> [PyTorch parameter name, transposed?] for the decoder graph.
+
+    The exporter renames transposed Linear weights (``onnx::MatMul_N``), so they are matched by
+    value. `needle finetune` uses this map to rebuild the PyTorch decoder from a shipped graph.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    params = {n: p.detach().numpy() for n, p in model.named_parameters() if not n.startswith("encoder.")}
+    out = {}
+    for init in onnx.load(str(onnx_path)).graph.initializer:
+        value = numpy_helper.to_array(init)
+        name = init.name.removeprefix("model.")
+        if name in params:
+            out[init.name] = [name, False]
+            continue
+        for pname, p in params.items():
+            if p.shape == value.shape and np.array_equal(p, value):
+                out[init.name] = [pname, False]
+                break
+            if p.ndim == 2 and p.T.shape == value.shape and np.array_equal(p.T, value):
+                out[init.name] = [pname, True]
+                break
     return out
 
 

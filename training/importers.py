@@ -23,7 +23,8 @@ Decisions worth knowing before training on the output:
   function that performs it (`DroidCallMapper`). Intents with no such function (taxi, media,
   notes, web pages), values the generator invented that the request does not contain (contact
   URIs, event timestamps that disagree with the request) and calls missing a required argument
-  are rejected by reason.
+  are rejected by reason. Option lists that api.jsonl writes in prose ("Possible values are:
+  ...") become ``enum``s.
 - **API-Bank level 3**: ``lv3-api-train`` and ``lv3-response-train`` are the two halves of
   ``lv3-train``; all three are read and the repeats counted as duplicates. The tools of an
   example are ToolSearcher plus every tool a ToolSearcher result in the history revealed.
@@ -41,14 +42,16 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qs, unquote, unquote_plus
 
 from tqdm.auto import tqdm
 
 from needle_core.errors import ToolCallError, ToolSchemaError
-from training.data import tool_spec, validate_example, write_jsonl
+from training.data import iter_jsonl, tool_spec, validate_example, write_jsonl
 
 DEFAULT_DATA_DIR = "../shared/data"
 SAMPLES_PER_REASON = 3
@@ -102,9 +105,9 @@ _TYPE_NAMES = {
     "bool": "boolean", "boolean": "boolean",
     "dict": "object", "object": "object", "map": "object", "mapping": "object", "json": "object",
     "list": "array", "array": "array", "tuple": "array", "set": "array", "sequence": "array",
-    "any": "any",
+    "any": "any", "null": "null",
 }
-_GENERIC = re.compile(r"^\s*([A-Za-z_.]+)\s*\[(.*)\]\s*$", re.S)
+_GENERIC = re.compile(r"^\s*([A-Za-z_.]+)\s*\[(.*)\]\s*$", re.DOTALL)
 
 
 def _split_top(args: str) -> list[str]:
@@ -144,10 +147,12 @@ def type_to_schema(spec: Any) -> dict:
     text = str(spec).strip()
     if text.startswith("[") and text.endswith("]"):
         try:
-            return type_to_schema(ast.literal_eval(text))
+            options = ast.literal_eval(text)
         except (ValueError, SyntaxError):
-            pass
-    text = re.sub(r",\s*optional\s*$", "", text, flags=re.I).strip()
+            options = None
+        if isinstance(options, list):
+            return type_to_schema(options)
+    text = re.sub(r",\s*optional\s*$", "", text, flags=re.IGNORECASE).strip()
     generic = _GENERIC.match(text)
     if generic:
         outer, inner = generic.group(1).split(".")[-1].lower(), _split_top(generic.group(2))
@@ -256,16 +261,26 @@ def seal_tool_file(path: str | Path) -> Path:
 
 def load_seal_tools(path: str | Path) -> dict[str, tuple[dict, str]]:
     """Seal-Tools tool.jsonl -> {name: (canonical tool, field)}; unconvertible rows are skipped
-    (the pool is for lookups and distractors; importers count the examples that need them)."""
-    from training.data import iter_jsonl
+    (the pool is for lookups and distractors; importers count the examples that need them).
+    Converted once per file and cached: treat the result as read-only."""
+    return _load_seal_tools(str(seal_tool_file(path).resolve()))
 
+
+@lru_cache(maxsize=4)
+def _load_seal_tools(path: str) -> dict[str, tuple[dict, str]]:
     out: dict[str, tuple[dict, str]] = {}
-    for raw in iter_jsonl(seal_tool_file(path)):
+    for name, raw in _seal_rows(path).items():
         try:
-            out[raw["api_name"]] = (seal_tool(raw), raw.get("field", ""))
+            out[name] = (seal_tool(raw), raw.get("field", ""))
         except Reject:
             continue
     return out
+
+
+@lru_cache(maxsize=4)
+def _seal_rows(path: str) -> dict[str, dict]:
+    """tool.jsonl rows by name, unconverted (the importer converts only the tools it needs)."""
+    return {raw["api_name"]: raw for raw in iter_jsonl(path)}
 
 
 # ---- building one example ---------------------------------------------------------------------
@@ -383,13 +398,6 @@ class _CallIds:
         return {"id": f"c{self.n}", "name": name, "arguments": arguments}
 
 
-def _take(rows: Iterable, limit: int | None) -> Iterator:
-    for i, row in enumerate(rows):
-        if limit is not None and i >= limit:
-            return
-        yield row
-
-
 def _load_json(path: Path) -> Any:
     with path.open(encoding="utf-8") as fh:
         return json.load(fh)
@@ -405,12 +413,16 @@ def _mentions_reference(value: Any, pattern: re.Pattern) -> bool:
     return False
 
 
-def _first_turn(calls: list[tuple[str, dict]], pattern: re.Pattern, report: SourceReport) -> list[tuple[str, dict]]:
-    """The calls whose arguments need no earlier result (see the module docstring)."""
-    literal = [(n, a) for n, a in calls if not _mentions_reference(a, pattern)]
-    if len(literal) < len(calls):
-        report.notes["dependent calls left for a later turn"] += len(calls) - len(literal)
+def _first_turn(calls: list[tuple[str, dict]], pattern: re.Pattern) -> list[dict]:
+    """The calls whose arguments need no earlier result (see the module docstring); `Reject`
+    when there is none."""
+    literal = [{"name": n, "arguments": a} for n, a in calls if not _mentions_reference(a, pattern)]
+    if not literal:
+        raise Reject("every call needs an earlier result")
     return literal
+
+
+_DEPENDENT = "dependent calls left for a later turn"
 
 
 # ---- Seal-Tools -------------------------------------------------------------------------------
@@ -420,11 +432,10 @@ _SEAL_REF = re.compile(r"API_call_\d+")
 
 
 def import_seal_tools(data_dir: Path, report: SourceReport, limit: int | None = None) -> Iterator[tuple[str, Callable]]:
-    pool = load_seal_tools(data_dir)
-    from training.data import iter_jsonl
+    rows = _seal_rows(str(seal_tool_file(data_dir).resolve()))
 
     for split in SEAL_SPLITS:
-        for row in _take(iter_jsonl(data_dir / "seal_tools" / f"{split}.jsonl"), limit):
+        for row in islice(iter_jsonl(data_dir / "seal_tools" / f"{split}.jsonl"), limit):
             rid = f"seal_tools/{split}/{row.get('id')}"
 
             def convert(row=row, rid=rid):
@@ -433,26 +444,23 @@ def import_seal_tools(data_dir: Path, report: SourceReport, limit: int | None = 
                     raise Reject("record has no query or no calls")
                 tools = []
                 for c in calling:
-                    if c["api"] not in pool:
+                    if c["api"] not in rows:
                         raise Reject("tool not found in tool.jsonl", c["api"])
                     if all(t["name"] != c["api"] for t in tools):
-                        tools.append(pool[c["api"]][0])
-                calls = _first_turn([(c["api"], c.get("parameters") or {}) for c in calling], _SEAL_REF, report)
-                if not calls:
-                    raise Reject("every call needs an earlier result")
-                return [make_example(messages=[_user(row["query"])], tools=tools,
-                                     calls=[{"name": n, "arguments": a} for n, a in calls],
-                                     source="seal_tools", teacher="gpt-3.5-turbo", example_id=rid,
-                                     notes=report.notes)]
+                        tools.append(seal_tool(rows[c["api"]]))
+                calls = _first_turn([(c["api"], c.get("parameters") or {}) for c in calling], _SEAL_REF)
+                ex = make_example(messages=[_user(row["query"])], tools=tools, calls=calls, source="seal_tools",
+                                  teacher="gpt-3.5-turbo", example_id=rid, notes=report.notes)
+                report.notes[_DEPENDENT] += len(calling) - len(calls)
+                return [ex]
 
             yield rid, convert
 
 
 # ---- ToolRL -----------------------------------------------------------------------------------
 
-_TOOLRL_TOOLS = re.compile(r"\*\*Available Tools\*\*(.*?)\*\*Steps for Each Turn\*\*", re.S)
-_TOOLRL_TOOL = re.compile(r"^\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*?)$", re.M | re.S)
-_TOOLRL_TURN = re.compile(r"<(user|think|tool_call|obs|response)>(.*?)</\1>", re.S)
+_TOOLRL_TOOLS = re.compile(r"\*\*Available Tools\*\*(.*?)\*\*Steps for Each Turn\*\*", re.DOTALL)
+_TOOLRL_TURN = re.compile(r"<(user|think|tool_call|obs|response)>(.*?)</\1>", re.DOTALL)
 
 
 def _json_objects(block: str) -> list[Any]:
@@ -475,7 +483,7 @@ def _toolrl_tools(instruction: str) -> tuple[list[dict], dict[str, set[str]]]:
     entries = re.split(r"(?m)^(?=\d+\. Name: )", block.group(1).strip())
     tools, required = [], {}
     for entry in (e.strip() for e in entries if re.match(r"\d+\. Name: ", e)):
-        m = re.match(r"\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*)$", entry, re.S)
+        m = re.match(r"\d+\. Name: (.*?)\nDescription: (.*?)\nParameters: (.*)$", entry, re.DOTALL)
         if not m:
             raise Reject("tool entry not parseable", entry[:120])
         name, desc = m.group(1).strip(), m.group(2).strip()
@@ -559,7 +567,7 @@ def _toolrl_history(text: str, ids: _CallIds) -> list[dict]:
 
 def import_toolrl(data_dir: Path, report: SourceReport, limit: int | None = None) -> Iterator[tuple[str, Callable]]:
     rows = _load_json(data_dir / "toolrl" / "rlla_sft.json")
-    for i, row in enumerate(_take(rows, limit)):
+    for i, row in enumerate(islice(rows, limit)):
         rid = f"toolrl/rlla_sft/{i}"
 
         def convert(row=row, rid=rid):
@@ -568,8 +576,8 @@ def import_toolrl(data_dir: Path, report: SourceReport, limit: int | None = None
             messages = _toolrl_history(row["input"], ids)
             if not messages or messages[-1]["role"] == "assistant":
                 raise Reject("history does not end with a user turn or tool result")
-            output = re.sub(r"<think>.*?(</think>|$)", "", row["output"], flags=re.S)
-            calls = [c for block in re.findall(r"<tool_call>(.*?)(?:</tool_call>|$)", output, re.S)
+            output = re.sub(r"<think>.*?(</think>|$)", "", row["output"], flags=re.DOTALL)
+            calls = [c for block in re.findall(r"<tool_call>(.*?)(?:</tool_call>|$)", output, re.DOTALL)
                      for c in _toolrl_calls(block)]
             # Parameters the teacher left out cannot have been required (the rendering lost the flag).
             used = [(m_call["name"], m_call["arguments"]) for m in messages for m_call in m.get("tool_calls", [])]
@@ -579,7 +587,8 @@ def import_toolrl(data_dir: Path, report: SourceReport, limit: int | None = None
                     report.notes["parameters taken as optional (teacher omitted them)"] += len(omitted)
                     required[name] -= omitted
             for tool in raw_tools:
-                tool["parameters"]["required"] = [p for p in tool["parameters"]["properties"] if p in required[tool["name"]]]
+                params = tool["parameters"]
+                params["required"] = [p for p in params["properties"] if p in required[tool["name"]]]
             return [make_example(messages=messages, tools=raw_tools,
                                  calls=[{"name": n, "arguments": a} for n, a in calls],
                                  source="toolrl", teacher="DeepSeek-R1", example_id=rid, notes=report.notes)]
@@ -607,7 +616,7 @@ def _glaive_call(value: str) -> dict:
 
 def import_glaive(data_dir: Path, report: SourceReport, limit: int | None = None) -> Iterator[tuple[str, Callable]]:
     rows = _load_json(data_dir / "glaive_demo" / "glaive_toolcall_en_demo.json")
-    for i, row in enumerate(_take(rows, limit)):
+    for i, row in enumerate(islice(rows, limit)):
         rid = f"glaive_demo/{i}"
 
         def convert(row=row, rid=rid):
@@ -617,13 +626,12 @@ def import_glaive(data_dir: Path, report: SourceReport, limit: int | None = None
                 raise Reject("tools field is not JSON", str(exc)) from None
             if not isinstance(raw_tools, list):
                 raise Reject("tools field is not a list", str(raw_tools)[:80])
-            tools = raw_tools
             ids, messages, examples = _CallIds(), [], []
             for t, turn in enumerate(row.get("conversations") or []):
                 who, value = turn.get("from"), turn.get("value", "")
                 call = _glaive_call(value) if who == "function_call" else None
                 if who in ("function_call", "gpt") and messages and messages[-1]["role"] in ("user", "tool"):
-                    ex = make_example(messages=messages, tools=tools, calls=[call] if call else [],
+                    ex = make_example(messages=messages, tools=raw_tools, calls=[call] if call else [],
                                       source="glaive_demo", teacher="glaive", example_id=f"{rid}/{t}",
                                       notes=report.notes)
                     examples.append(ex)
@@ -690,7 +698,7 @@ def nestful_tool(spec: dict) -> dict:
 def import_nestful(data_dir: Path, report: SourceReport, limit: int | None = None) -> Iterator[tuple[str, Callable]]:
     for name in NESTFUL_SETS:
         specs = {s["name"]: s for s in _load_json(data_dir / "nestful" / f"{name}-spec.json")}
-        for i, row in enumerate(_take(_load_json(data_dir / "nestful" / f"{name}-data.json"), limit)):
+        for i, row in enumerate(islice(_load_json(data_dir / "nestful" / f"{name}-data.json"), limit)):
             rid = f"nestful/{name}/{i}"
 
             def convert(row=row, rid=rid, specs=specs):
@@ -704,27 +712,42 @@ def import_nestful(data_dir: Path, report: SourceReport, limit: int | None = Non
                         raise Reject("tool not in the spec file", c["name"])
                     if all(t["name"] != c["name"] for t in tools):
                         tools.append(nestful_tool(specs[c["name"]]))
-                calls = _first_turn([(c["name"], c.get("arguments") or {}) for c in seq], _NESTFUL_REF, report)
-                if not calls:
-                    raise Reject("every call needs an earlier result")
-                return [make_example(messages=[_user(row["input"])], tools=tools,
-                                     calls=[{"name": n, "arguments": a} for n, a in calls],
-                                     source="nestful", teacher="llm-generated, human-selected", example_id=rid,
-                                     notes=report.notes)]
+                calls = _first_turn([(c["name"], c.get("arguments") or {}) for c in seq], _NESTFUL_REF)
+                ex = make_example(messages=[_user(row["input"])], tools=tools, calls=calls, source="nestful",
+                                  teacher="llm-generated, human-selected", example_id=rid, notes=report.notes)
+                report.notes[_DEPENDENT] += len(seq) - len(calls)
+                return [ex]
 
             yield rid, convert
 
 
 # ---- DroidCall --------------------------------------------------------------------------------
 
+def _described_options(description: str) -> list[str] | None:
+    """The options a description lists (``Possible values are: - "wifi": ... - "apn": ...``).
+
+    DroidCall's api.jsonl spells its enums only in prose; as ``enum`` they become choices the
+    model can point at instead of values it would have to produce."""
+    m = re.search(r"possible values|available options|one of the following", description, re.IGNORECASE)
+    if not m:
+        return None
+    options = list(dict.fromkeys(re.findall(r'"([^"\s]+)"', description[m.end():])))
+    return options if len(options) >= 2 else None
+
+
 def droidcall_tool(api: dict) -> dict:
-    """An api.jsonl row -> canonical tool (types are Python annotations)."""
+    """An api.jsonl row -> tool dict (types are Python annotations; prose option lists -> enum)."""
     props, required = {}, []
     for pname, p in (api.get("arguments") or {}).items():
+        description = p.get("description", "")
         try:
-            props[pname] = param_node(p.get("type"), p.get("description", ""), default=p.get("default"))
+            node = param_node(p.get("type"), description, default=p.get("default"))
         except ValueError as exc:
             raise Reject("unsupported parameter type", f"{api['name']}.{pname}: {exc}") from None
+        options = _described_options(description) if node["type"] == "string" else None
+        if options:
+            node["enum"] = options
+        props[pname] = node
         if p.get("required"):
             required.append(pname)
     return function_dict(api["name"], api.get("description", ""), props, required)
@@ -953,7 +976,7 @@ class DroidCallMapper:
             raise Reject("intent has no api.jsonl function", f"dial {uri[:30]}")
         return "dial", {"phone_number": _as_in_request(unquote(number), query)}
 
-    HANDLERS = {
+    HANDLERS: ClassVar[dict[str, Callable]] = {
         "ACTION_SET_ALARM": _action_set_alarm, "ACTION_SET_TIMER": _action_set_timer,
         "ACTION_SHOW_ALARMS": _action_show_alarms, "ACTION_IMAGE_CAPTURE": _action_image_capture,
         "ACTION_VIDEO_CAPTURE": _action_video_capture, "ACTION_INSERT": _action_insert,
@@ -968,8 +991,6 @@ class DroidCallMapper:
 
 
 def import_droidcall(data_dir: Path, report: SourceReport, limit: int | None = None) -> Iterator[tuple[str, Callable]]:
-    from training.data import iter_jsonl
-
     apis = {}
     for api in iter_jsonl(data_dir / "droidcall" / "api.jsonl"):
         try:
@@ -978,7 +999,7 @@ def import_droidcall(data_dir: Path, report: SourceReport, limit: int | None = N
             report.notes[f"api.jsonl function skipped: {exc.reason}"] += 1
     mapper = DroidCallMapper()
     for fname in ("machine_generated", "seeds"):
-        for i, row in enumerate(_take(iter_jsonl(data_dir / "droidcall" / f"{fname}.jsonl"), limit)):
+        for i, row in enumerate(islice(iter_jsonl(data_dir / "droidcall" / f"{fname}.jsonl"), limit)):
             rid = f"droidcall/{fname}/{i}"
 
             def convert(row=row, rid=rid):
@@ -1030,7 +1051,7 @@ def parse_api_request(text: str, notes: Counter | None = None) -> list[tuple[str
     return calls
 
 
-_LOOSE_CALL = re.compile(r"([A-Za-z_]\w*)\((.*)\)", re.S)
+_LOOSE_CALL = re.compile(r"([A-Za-z_]\w*)\((.*)\)", re.DOTALL)
 
 
 def _loose_api_request(text: str, notes: Counter | None) -> list[tuple[str, dict]]:
@@ -1112,7 +1133,7 @@ def _discovered_tools(result: Any) -> list[dict]:
 
 def import_apibank(data_dir: Path, report: SourceReport, limit: int | None = None) -> Iterator[tuple[str, Callable]]:
     for fname in APIBANK_FILES:
-        for i, row in enumerate(_take(_load_json(data_dir / "apibank_lv3" / f"{fname}.json"), limit)):
+        for i, row in enumerate(islice(_load_json(data_dir / "apibank_lv3" / f"{fname}.json"), limit)):
             rid = f"apibank_lv3/{fname}/{i}"
 
             def convert(row=row, rid=rid):
@@ -1130,7 +1151,7 @@ def import_apibank(data_dir: Path, report: SourceReport, limit: int | None = Non
                         messages.append(_user(utterance.strip()))
                     elif line.startswith("API-Request:"):
                         # "API-Request: [Name(...)]->result"; the brackets are sometimes missing.
-                        m = re.match(r"API-Request:\s*\[?(.*?\))\]?\s*->(.*)$", line, re.S)
+                        m = re.match(r"API-Request:\s*\[?(.*?\))\]?\s*->(.*)$", line, re.DOTALL)
                         if not m:
                             raise Reject("history request without a result", line[:120])
                         request, result = m.groups()

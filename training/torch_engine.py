@@ -10,8 +10,8 @@ the export parity tests compare the two call for call (`decision_agreement`) and
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch

@@ -1,0 +1,240 @@
+"""Augmentation keeps labels exact: every output validates, and each transform's invariant holds."""
+import json
+import random
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from training import augment as A
+from training.data import validate_example
+from training.importers import import_source
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"shared data not found at {DATA}")
+
+
+def tool(name, props, required=None, description=""):
+    return {"name": name, "description": description,
+            "parameters": {"type": "object", "properties": props, "required": required or list(props)}}
+
+
+CITY = {"type": "string", "description": "City name"}
+WEATHER = tool("get_weather", {"city": CITY}, description="Current weather in a city.")
+FLIGHTS = tool("searchFlights", {"origin_city": CITY, "max_stops": {"type": "integer", "description": "Stops"}},
+               required=["origin_city"], description="Find flights leaving a city.")
+
+
+def ex(i, text, tools, calls, source="synthetic", messages=None):
+    return {"messages": messages or [{"role": "user", "content": text}], "tools": tools, "calls": calls,
+            "source": source, "teacher": "hand", "id": f"{source}/{i}"}
+
+
+SYNTHETIC = [
+    ex(1, "What is the weather in Paris?", [WEATHER], [{"name": "get_weather", "arguments": {"city": "Paris"}}]),
+    ex(2, "Weather in Lyon please", [WEATHER], [{"name": "get_weather", "arguments": {"city": "Lyon"}}]),
+    ex(3, "Find flights from Berlin with at most 1 stop", [FLIGHTS],
+       [{"name": "searchFlights", "arguments": {"origin_city": "Berlin", "max_stops": 1}}]),
+    ex(4, "Tell me a joke", [WEATHER], []),
+    ex(5, "", [WEATHER], [], messages=[
+        {"role": "user", "content": "Weather in Rome?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "get_weather",
+                                                              "arguments": {"city": "Rome"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "{\"temp\": 20}"}]),
+]
+
+
+@pytest.fixture(scope="module")
+def pool():
+    if DATA.is_dir():
+        return A.load_tool_pool(DATA)
+    return A.pool_from_examples(SYNTHETIC)
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    if not DATA.is_dir():
+        pytest.skip(f"shared data not found at {DATA}")
+    limits = {"seal_tools": 25, "toolrl": 40, "glaive_demo": 20, "nestful": 15, "droidcall": 60, "apibank_lv3": 40}
+    out = []
+    for source, limit in limits.items():
+        out += import_source(source, DATA, limit=limit, progress=False)[0]
+    return out
+
+
+def ctx_for(examples, pool):
+    return A._Context(pool=pool, source_tools={}, value_bank=A.build_value_bank(examples),
+                      singles=[e for e in examples if A._user_only(e) and len(e["calls"]) == 1], stats=Counter())
+
+
+def kind_of(example):
+    return example["id"].rsplit("~", 1)[-1].rstrip("0123456789")
+
+
+def test_synthetic_examples_are_valid():
+    for e in SYNTHETIC:
+        assert validate_example(e) == [], e["id"]
+
+
+@needs_data
+def test_augment_recorded_data(recorded, pool):
+    stats = Counter()
+    out = A.augment(recorded, factor=2, seed=3, pool=pool, stats=stats)
+    assert out[:len(recorded)] == recorded
+    made = out[len(recorded):]
+    assert len(made) == 2 * len(recorded) - sum(v for k, v in stats.items() if k.startswith("failed"))
+    assert not [k for k in stats if k.startswith("failed")], stats
+    kinds = Counter(kind_of(e) for e in made)
+    assert kinds["variant"] and kinds["negative"] and kinds["merge"], kinds
+    for e in made:
+        assert validate_example(e) == [], e["id"]
+    ids = [e["id"] for e in out]
+    assert len(set(ids)) == len(ids)
+
+    originals = {e["id"]: e for e in recorded}
+    for e in made:
+        kind = kind_of(e)
+        if kind == "negative":
+            assert e["calls"] == []
+            base = originals[e["id"].rsplit("~", 1)[0]]
+            assert not {t["name"] for t in e["tools"]} & {t["name"] for t in base["tools"]}
+            assert e["messages"] == base["messages"]
+        elif kind == "merge":
+            assert len(e["calls"]) == 2
+            first, second = e["id"].rsplit("~", 1)[0].split("+", 1)
+            assert e["calls"] == originals[first]["calls"] + originals[second]["calls"]
+        else:
+            assert len(e["calls"]) == len(originals[e["id"].rsplit("~", 1)[0]]["calls"])
+
+
+@needs_data
+def test_augment_is_deterministic(recorded, pool):
+    sample = recorded[:60]
+    assert A.augment(sample, factor=2, seed=7, pool=pool) == A.augment(sample, factor=2, seed=7, pool=pool)
+    assert A.augment(sample, factor=2, seed=7, pool=pool) != A.augment(sample, factor=2, seed=8, pool=pool)
+
+
+def test_augment_without_pool_uses_the_examples_tools(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # ../shared/data is not there
+    out = A.augment(SYNTHETIC, factor=3, seed=0)
+    assert len(out) > len(SYNTHETIC)
+    assert all(validate_example(e) == [] for e in out)
+
+
+def test_negative_has_no_calls_and_unrelated_tools(pool):
+    rng = random.Random(0)
+    ctx = ctx_for(SYNTHETIC, pool)
+    made = [A.make_negative(SYNTHETIC[0], ctx, rng) for _ in range(20)]
+    made = [m for m in made if m]
+    assert made
+    for m in made:
+        assert m["calls"] == [] and validate_example(m) == []
+        assert "get_weather" not in {t["name"] for t in m["tools"]}
+        for t in m["tools"]:
+            assert not A.content_words(t["name"]) & A.content_words("What is the weather in Paris?")
+    assert A.make_negative(SYNTHETIC[4], ctx, rng) is None  # history examples keep their tools
+
+
+def test_merge_makes_two_parallel_calls(pool):
+    rng = random.Random(1)
+    ctx = ctx_for(SYNTHETIC, pool)
+    merged = next(m for m in (A.merge(SYNTHETIC[2], ctx, rng) for _ in range(20)) if m)
+    assert len(merged["calls"]) == 2 and validate_example(merged) == []
+    assert merged["calls"][0] == SYNTHETIC[2]["calls"][0]
+    text = merged["messages"][0]["content"]
+    assert "Berlin" in text and (" and also " in text or "; then " in text or " Also, " in text)
+    for call in merged["calls"]:
+        for value in call["arguments"].values():
+            assert str(value) in text
+    assert A.merge(SYNTHETIC[3], ctx, rng) is None  # no call: nothing to merge
+
+
+def test_rename_is_consistent(pool):
+    rng = random.Random(4)
+    ctx = ctx_for(SYNTHETIC, pool)
+    for base in (SYNTHETIC[2], SYNTHETIC[4]):
+        for _ in range(10):
+            new = A.rename(base, ctx, rng)
+            if new is None:
+                continue
+            assert validate_example(new) == []
+            old_tool, new_tool = base["tools"][0], new["tools"][0]
+            key_map = dict(zip(old_tool["parameters"]["properties"], new_tool["parameters"]["properties"]))
+            assert new_tool["parameters"]["required"] == [key_map[k] for k in old_tool["parameters"]["required"]]
+            for old_call, new_call in zip(base["calls"], new["calls"]):
+                assert new_call["name"] == new_tool["name"]
+                assert new_call["arguments"] == {key_map[k]: v for k, v in old_call["arguments"].items()}
+            for old_msg, new_msg in zip(base["messages"], new["messages"]):
+                assert old_msg["content"] == new_msg["content"]
+                for oc, nc in zip(old_msg.get("tool_calls", []), new_msg.get("tool_calls", [])):
+                    assert nc["name"] == new_tool["name"]
+                    assert nc["arguments"] == {key_map[k]: v for k, v in oc["arguments"].items()}
+                if new_msg["role"] == "tool":
+                    assert new_msg["name"] == new_tool["name"]
+
+
+def test_rename_keeps_names_the_request_mentions(pool):
+    base = ex(9, "Call get_weather for Oslo", [WEATHER], [{"name": "get_weather", "arguments": {"city": "Oslo"}}])
+    rng = random.Random(0)
+    for _ in range(10):
+        new = A.rename(base, ctx_for([base], pool), rng)
+        assert new is None or new["tools"][0]["name"] == "get_weather"
+
+
+def test_substitute_replaces_in_text_and_calls(pool):
+    ctx = ctx_for(SYNTHETIC, pool)
+    # values are banked by parameter name and shape: origin_city's "Berlin" is not a city swap
+    assert ctx.value_bank[("city", "title")] == ["Lyon", "Paris"]
+    new = A.substitute(SYNTHETIC[0], ctx, random.Random(0))
+    assert new["calls"][0]["arguments"] == {"city": "Lyon"} and validate_example(new) == []
+    assert new["messages"][0]["content"] == "What is the weather in Lyon?"
+
+
+def test_substitute_replaces_history_consistently(pool):
+    bank_source = SYNTHETIC + [ex(8, "Weather in Rome and Paris", [WEATHER],
+                                 [{"name": "get_weather", "arguments": {"city": "Rome"}}])]
+    base = ex(7, "", [WEATHER], [{"name": "get_weather", "arguments": {"city": "Rome"}}], messages=[
+        {"role": "user", "content": "Weather in Rome? Rome, I said."},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "get_weather",
+                                                              "arguments": {"city": "Rome"}}]},
+        {"role": "tool", "tool_call_id": "c1", "name": "get_weather", "content": "{\"city\": \"Rome\"}"},
+        {"role": "user", "content": "And again for Rome"}])
+    new = A.substitute(base, ctx_for(bank_source, pool), random.Random(0))
+    assert new is not None and validate_example(new) == []
+    assert "Rome" not in json.dumps(new)
+    value = new["calls"][0]["arguments"]["city"]
+    assert new["messages"][1]["tool_calls"][0]["arguments"]["city"] == value
+    assert value in new["messages"][2]["content"] and new["messages"][0]["content"].count(value) == 2
+
+
+def test_distractors_and_shuffle_keep_the_label(pool):
+    rng = random.Random(2)
+    ctx = ctx_for(SYNTHETIC, pool)
+    for base in SYNTHETIC:
+        new = A.add_distractors(base, ctx, rng, k=3)
+        assert new is not None and validate_example(new) == []
+        assert new["calls"] == base["calls"] and new["messages"] == base["messages"]
+        added = new["tools"][len(base["tools"]):]
+        assert added and not {t["name"] for t in added} & {t["name"] for t in base["tools"]}
+        shuffled = A.shuffle_order(new, ctx, rng)
+        assert validate_example(shuffled) == []
+        assert sorted(t["name"] for t in shuffled["tools"]) == sorted(t["name"] for t in new["tools"])
+        assert shuffled["calls"] == new["calls"]
+
+
+def test_distractors_for_no_call_examples_are_unrelated(pool):
+    rng = random.Random(5)
+    ctx = ctx_for(SYNTHETIC, pool)
+    base = ex(6, "What is the capital of France?", [], [])
+    request = A.content_words(base["messages"][0]["content"])
+    for _ in range(10):
+        new = A.add_distractors(base, ctx, rng)
+        if new:
+            for t in new["tools"]:
+                assert not A.content_words(t["name"]) & request
+
+
+def test_name_words():
+    assert A.name_words("getWeatherForecast") == ["get", "weather", "forecast"]
+    assert A.name_words("RentalCars.GetCarsAvailable") == ["rental", "cars", "get", "cars", "available"]
+    assert A.name_words("HTTPServer_start") == ["http", "server", "start"]
