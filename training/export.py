@@ -51,21 +51,37 @@ def export_onnx(checkpoint: str, out_dir: str, opset: int = 17) -> Path:
     """Export fp32 graphs of a saved `NeedleForToolCalling` into ``out_dir``."""
     from needle_core.modeling_needle import NeedleForToolCalling
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = NeedleForToolCalling.from_pretrained(checkpoint).float().eval()
-    cfg = model.config
-    d, layers, heads = cfg.d_model, cfg.decoder_layers, cfg.decoder_heads
-    B, L, T = 1, 24, 3
+    out = Path(out_dir)
+    export_encoder(model, out, opset)
+    export_decoder(model, out, opset)
+    write_meta(model, out, source=Path(checkpoint).name)
+    return out
+
+
+def _example_inputs(model, B: int = 1, L: int = 24):
     ids = torch.randint(1000, 2000, (B, L))
-    mask = torch.ones(B, L, dtype=torch.int64)
+    return ids, torch.ones(B, L, dtype=torch.int64)
+
+
+def export_encoder(model, out: Path, opset: int = 17) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
-        torch.onnx.export(_Encoder(model), (ids, mask), str(out / "encoder.onnx"), dynamo=False, opset_version=opset,
-                          input_names=["input_ids", "attention_mask"],
+        torch.onnx.export(_Encoder(model), _example_inputs(model), str(out / "encoder.onnx"), dynamo=False,
+                          opset_version=opset, input_names=["input_ids", "attention_mask"],
                           output_names=["enc", "cross_k", "cross_v", "ptr_keys"],
                           dynamic_axes={"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"},
                                         "enc": {0: "B", 1: "L"}, "cross_k": {1: "B", 3: "L"},
                                         "cross_v": {1: "B", 3: "L"}, "ptr_keys": {0: "B", 1: "L"}})
+
+
+def export_decoder(model, out: Path, opset: int = 17) -> None:
+    """The one-step decoder graph (KV cache in, KV cache out)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    d, layers, heads, B, T = cfg.d_model, cfg.decoder_layers, cfg.decoder_heads, 1, 3
+    ids, mask = _example_inputs(model, B)
+    with torch.no_grad():
         enc, cross_k, cross_v, ptr_keys = _Encoder(model)(ids, mask)
         past = torch.zeros(layers, B, heads, T, d // heads)
         args = (enc, mask, cross_k, cross_v, ptr_keys, torch.full((B,), BOS, dtype=torch.int64),
@@ -80,11 +96,16 @@ def export_onnx(checkpoint: str, out_dir: str, opset: int = 17) -> Path:
                                         "step": {0: "B"}, "past_k": {1: "B", 3: "T"}, "past_v": {1: "B", 3: "T"},
                                         "logits": {0: "B", 1: "A"}, "new_k": {1: "B", 3: "T1"},
                                         "new_v": {1: "B", 3: "T1"}})
-    meta = {"format": "needle-onnx/1", "d_model": d, "decoder_layers": layers, "decoder_heads": heads,
-            "max_steps": cfg.max_steps, "precision": "fp32", "source_checkpoint": Path(checkpoint).name,
-            "config": cfg.to_dict(), "decoder_initializers": decoder_initializer_map(model, out / "decoder.onnx")}
+
+
+def write_meta(model, out: Path, source: str, **extra) -> None:
+    """``needle.json``: what the engine and `needle finetune` need to know about the graphs."""
+    cfg = model.config
+    meta = {"format": "needle-onnx/1", "d_model": cfg.d_model, "decoder_layers": cfg.decoder_layers,
+            "decoder_heads": cfg.decoder_heads, "max_steps": cfg.max_steps, "precision": "fp32",
+            "source_checkpoint": source, "config": cfg.to_dict(),
+            "decoder_initializers": decoder_initializer_map(model, out / "decoder.onnx"), **extra}
     (out / "needle.json").write_text(json.dumps(meta, indent=1))
-    return out
 
 
 def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
@@ -115,11 +136,11 @@ def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
     return out
 
 
-def quantize(src_dir: str, dst_dir: str, precision: str) -> Path:
+def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx", "decoder.onnx")) -> Path:
     """int8: dynamic quantization of every MatMul/Gemm; int4: weight-only MatMulNBits (block 32)."""
     src, dst = Path(src_dir), Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("encoder.onnx", "decoder.onnx"):
+    for name in graphs:
         if precision == "int8":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
