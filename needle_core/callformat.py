@@ -85,6 +85,16 @@ def load_tokenizer():
     return tok
 
 
+def pad_ids(id_lists: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """A batch of rendered inputs as (ids, attention mask), right-padded with [PAD]."""
+    L = max(len(x) for x in id_lists)
+    ids = np.full((len(id_lists), L), PAD_ID, np.int64)
+    mask = np.zeros((len(id_lists), L), np.int64)
+    for b, x in enumerate(id_lists):
+        ids[b, : len(x)], mask[b, : len(x)] = x, 1
+    return ids, mask
+
+
 # ---- schema helpers shared by rendering and decoding ---------------------------------------------
 def primary_branch(node: dict) -> tuple[dict, bool]:
     """(the schema the decoder builds values from, whether null is allowed).

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("training.finetune", "continue training the bundled model on your own JSONL"),
     "eval": ("training.evaluate", "evaluate a model (needle eval bfcl)"),
     "export": ("training.export", "export a checkpoint to quantized ONNX for the engine"),
+    "calibrate": ("training.calibrate", "fit the confidence calibration of a model folder"),
 }
 
 

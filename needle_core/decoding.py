@@ -177,6 +177,7 @@ class CallDecoder:
                 raise ValueError(f"tool_choice {tool_choice!r} is not among the tools: {', '.join(names)}")
             self.named = names.index(tool_choice)
         self.stack: list = [_Calls()]
+        self.used_starts: set[int] = set()  # span starts already used in the current call
         self.steps = 0
         self.done = False
         self._allowed = None
@@ -378,6 +379,7 @@ class CallDecoder:
             tool = self.tool_of_pos[p]
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
+            self.used_starts = set()
             self.stack.append(obj)
         elif isinstance(top, _Object):
             if top.pending_key is not None:
@@ -438,6 +440,7 @@ class CallDecoder:
             obj = self._new_object(inner, path, tool)
             self.stack.append(obj)
             return self._object_action(obj, action)
+        self.used_starts.add(p)
         self.stack.append(_Span(inner, p))
 
     def _deliver(self, value: Any) -> None:
@@ -462,6 +465,9 @@ def masked_log_softmax(logits: np.ndarray, struct: np.ndarray, pos: np.ndarray) 
     scores[: mask.size] = np.where(mask, logits[: mask.size], -np.inf)
     top = scores.max()
     return scores - top - math.log(np.exp(scores - top).sum())
+
+
+REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 
 
 def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -489,7 +495,12 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                 action = _closing_action(struct, pos)
             else:
                 scores = masked_log_softmax(logits[b], struct, pos)
-                action = int(np.argmax(scores))
+                choice = scores
+                if d.used_starts and d.kind in (K_VALUE, K_ITEM):
+                    # one span rarely answers two parameters of one call: prefer fresh spans
+                    choice = scores.copy()
+                    choice[[N_STRUCT + p for p in d.used_starts]] -= REUSE_PENALTY
+                action = int(np.argmax(choice))
                 logp[b] += float(scores[action])
             d.step(action)
             prev[b] = action

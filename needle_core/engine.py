@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from needle_core.callformat import PAD_ID
+from needle_core.callformat import pad_ids
 from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batch
 from needle_core.errors import ModelFileError
 
@@ -65,11 +65,7 @@ class OnnxEngine:
         self._lock = threading.Lock()
 
     def encode(self, id_lists: list[list[int]]) -> dict:
-        L = max(len(x) for x in id_lists)
-        ids = np.full((len(id_lists), L), PAD_ID, np.int64)
-        mask = np.zeros((len(id_lists), L), np.int64)
-        for b, x in enumerate(id_lists):
-            ids[b, : len(x)], mask[b, : len(x)] = x, 1
+        ids, mask = pad_ids(id_lists)
         enc, cross_k, cross_v, ptr_keys = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})
         return {"enc": enc, "attention_mask": mask, "cross_k": cross_k, "cross_v": cross_v, "ptr_keys": ptr_keys}
 

@@ -517,7 +517,7 @@ def _rest_param(lines: list[str], start: int) -> dict[str, str]:
 # --------------------------------------------------------------------------- canonical schema
 
 
-def _json_type(value: Any) -> str | None:
+def json_type(value: Any) -> str | None:
     """The JSON type of a Python value (bool before int: True is an int in Python)."""
     if value is None:
         return "null"
@@ -538,7 +538,7 @@ def _json_type(value: Any) -> str | None:
 
 def _fits(value: Any, type_name: str) -> bool:
     """Whether a value is of a JSON type (2.0 is an integer, 2 is a number)."""
-    kind = _json_type(value)
+    kind = json_type(value)
     if kind == "number" and type_name == "integer":
         return value.is_integer()
     return kind == type_name or (type_name == "number" and kind == "integer")
@@ -546,7 +546,7 @@ def _fits(value: Any, type_name: str) -> bool:
 
 def _common_type(values: list) -> str | None:
     """The one JSON type all values share (integers and numbers together are numbers)."""
-    kinds = {_json_type(v) for v in values}
+    kinds = {json_type(v) for v in values}
     if kinds == {"integer", "number"}:
         return "number"
     return kinds.pop() if len(kinds) == 1 and None not in kinds else None

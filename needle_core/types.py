@@ -31,5 +31,6 @@ class NeedleResult(BaseModel):
 
     calls: list[ToolCall] = Field(default_factory=list)
     confidence: float = 1.0
+    logprob: float = 0.0  # log-probability of the decoded actions, what `confidence` is calibrated from
     timings: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)

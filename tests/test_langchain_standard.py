@@ -1,13 +1,8 @@
-"""LangChain's standard chat-model suites, run on ChatNeedle.
-
-For now the deterministic fake engine (tests/fake_needle.py) stands in for the bundled model;
-switch ``chat_model_params`` to ``{}`` (or a ``model_dir``) once the real engine lands.
-"""
+"""LangChain's standard chat-model suites, run on ChatNeedle with the real bundled model, offline."""
 
 from __future__ import annotations
 
 import pytest
-from fake_needle import FakeNeedle
 from langchain_core.language_models import BaseChatModel
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
@@ -24,7 +19,7 @@ class NeedleParams:
 
     @property
     def chat_model_params(self) -> dict:
-        return {"needle": FakeNeedle()}
+        return {}  # ChatNeedle() loads the bundled model
 
 
 class TestChatNeedleUnit(NeedleParams, ChatModelUnitTests):

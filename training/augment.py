@@ -17,7 +17,8 @@ way whose correct answer is known exactly, so the new label is as trustworthy as
 - **substitute**: a string argument that appears literally in the conversation is replaced, in
   the text and in every argument, by another value of the same kind (same parameter name and
   shape, e.g. a city for a city) seen elsewhere in the data;
-- **merge**: two single-call requests joined with " and also " / "; then " -> two parallel calls.
+- **merge**: two single-call requests joined with " and also " / "; then " -> two parallel calls;
+- **fan_out**: one argument given two or three values ("Paris and Tokyo") -> the same tool called once per value.
 
 Every output passes `validate_example` (which runs `validate_call`); a transform that cannot
 apply to an example, or whose result fails, is counted in ``stats`` and another is tried.
@@ -47,8 +48,8 @@ STOPWORDS = frozenset((
 ))
 
 # variant kinds and their weights
-KINDS = ("variant", "negative", "merge")
-KIND_WEIGHTS = (0.75, 0.15, 0.10)
+KINDS = ("variant", "negative", "merge", "fan_out")
+KIND_WEIGHTS = (0.65, 0.15, 0.10, 0.10)
 MAX_TOOLS = 8  # keeps the rendered input inside the model's 512 positions
 
 
@@ -449,6 +450,54 @@ def merge(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     return None
 
 
+# fan-out: one tool, several values -------------------------------------------------------------
+
+def _fan_out_candidates(ex: dict, user: str) -> list[tuple[str, Any]]:
+    """Arguments whose value stands exactly once in the request: strings of a known kind, numbers."""
+    call = ex["calls"][0]
+    out = [(k, v) for k, v in _substitutable(ex) if len(_word_pattern(v).findall(user)) == 1]
+    for key, value in call["arguments"].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            if len(_word_pattern(str(value)).findall(user)) == 1:
+                out.append((key, value))
+    return out
+
+
+def _other_values(key: str, value: Any, ctx: _Context, rng: random.Random, n: int, text: str) -> list:
+    if isinstance(value, str):
+        options = [v for v in ctx.value_bank.get(_value_key(key, value), []) if v != value and v.lower() not in text.lower()]
+        return rng.sample(options, n) if len(options) >= n else []
+    if isinstance(value, int):
+        pool = [v for v in range(1, 200) if v != value and str(v) not in text]
+        return rng.sample(pool, n)
+    return [round(value * rng.uniform(0.3, 3.0), 1) or 1.5 for _ in range(n)]
+
+
+def fan_out(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """One call -> the same tool called for two or three values of one argument.
+
+    "weather in Paris" becomes "weather in Paris and Tokyo" with one call per city: BFCL's
+    parallel category asks exactly this, and the recorded sets hardly ever do.
+    """
+    if not (_user_only(ex) and len(ex["calls"]) == 1 and len(ex["messages"]) == 1):
+        return None
+    user = ex["messages"][0]["content"]
+    candidates = _fan_out_candidates(ex, user)
+    if not candidates:
+        return None
+    key, value = rng.choice(candidates)
+    extra = _other_values(key, value, ctx, rng, rng.choice((1, 1, 2)), user)
+    if not extra or len({str(v) for v in extra}) < len(extra):
+        return None
+    spelled = [str(v) for v in [value] + extra]
+    joined = " and ".join(spelled) if len(spelled) == 2 else f"{spelled[0]}, {spelled[1]} and {spelled[2]}"
+    new = copy.deepcopy(ex)
+    new["messages"][0]["content"] = _word_pattern(str(value)).sub(lambda _: joined, user, count=1)
+    base = new["calls"][0]
+    new["calls"] = [base] + [{**copy.deepcopy(base), "arguments": {**base["arguments"], key: v}} for v in extra]
+    return new
+
+
 def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
     """A composition: maybe substitute a value, maybe rename, usually add distractors; always shuffle."""
     new = ex
@@ -462,7 +511,7 @@ def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
     return shuffle_order(new, ctx, rng)
 
 
-_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge}
+_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "fan_out": fan_out}
 
 
 # ---- the entry point ----------------------------------------------------------------------------

@@ -11,25 +11,14 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from needle_core.schema import json_type
 from training.data import iter_jsonl
 
 VALUE_TYPES = ("string", "integer", "number", "boolean", "array", "object", "null")
 
 
 def value_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, (list, tuple)):
-        return "array"
-    return "object"
+    return json_type(value) or "object"
 
 
 def _scalars(value: Any) -> Iterable[Any]:

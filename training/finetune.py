@@ -92,12 +92,13 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
     rng = np.random.default_rng(seed)
     model.train()
     history, t0 = [], time.time()
-    steps_per_epoch = max(1, (len(data) + batch_size - 1) // batch_size)
-    bar = tqdm(total=epochs * steps_per_epoch, desc="finetune")
-    for epoch in range(epochs):
-        order = rng.permutation(len(data))
-        for start in range(0, len(data), batch_size):
-            b = _encoded_batch(engine, [data.row(int(i)) for i in order[start: start + batch_size]])
+    from training.train import TrainConfig, bucketed_batches
+
+    epoch_batches = [bucketed_batches(data.lengths(), TrainConfig(batch_size=batch_size), rng) for _ in range(epochs)]
+    bar = tqdm(total=sum(len(e) for e in epoch_batches), desc="finetune")
+    for epoch, groups in enumerate(epoch_batches):
+        for group in groups:
+            b = _encoded_batch(engine, [data.row(int(i)) for i in group])
             cross = list(zip(b["cross_k"], b["cross_v"]))
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 out = model.decode_actions(b["enc"], cross, b["ptr_keys"], b["attention_mask"], b["prev_actions"],

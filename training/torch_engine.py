@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from needle_core.callformat import PAD_ID
+from needle_core.callformat import pad_ids
 from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batch
 
 
@@ -40,11 +40,7 @@ class TorchEngine:
     @torch.inference_mode()
     def encode(self, id_lists: list[list[int]]) -> dict:
         """Same padding and outputs as ``OnnxEngine.encode`` (numpy arrays)."""
-        L = max(len(x) for x in id_lists)
-        ids = np.full((len(id_lists), L), PAD_ID, np.int64)
-        mask = np.zeros((len(id_lists), L), np.int64)
-        for b, x in enumerate(id_lists):
-            ids[b, : len(x)], mask[b, : len(x)] = x, 1
+        ids, mask = pad_ids(id_lists)
         enc, cross, ptr_keys = self.model.encode(torch.from_numpy(ids), torch.from_numpy(mask))
         cross_k = torch.stack([k for k, _ in cross])
         cross_v = torch.stack([v for _, v in cross])

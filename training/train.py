@@ -99,28 +99,33 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
             "kinds": torch.from_numpy(kinds)}
 
 
+def bucketed_batches(lengths: np.ndarray, cfg: TrainConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch of index batches: shuffle, sort chunks by length (less padding), cut, shuffle batches."""
+    order = rng.permutation(len(lengths))
+    chunk = cfg.batch_size * 50
+    groups = []
+    for c in range(0, len(order), chunk):
+        part = order[c: c + chunk]
+        part = part[np.argsort(lengths[part])]
+        if cfg.max_tokens_per_batch:
+            start = 0
+            while start < len(part):
+                end = start + 1
+                while end < len(part) and (end - start + 1) * lengths[part[end]] <= cfg.max_tokens_per_batch:
+                    end += 1
+                groups.append(part[start:end])
+                start = end
+        else:
+            groups.extend(part[i: i + cfg.batch_size] for i in range(0, len(part), cfg.batch_size))
+    return [groups[g] for g in rng.permutation(len(groups))]
+
+
 def batches(data: FeatureSet, cfg: TrainConfig, rng: np.random.Generator):
-    """Endless length-bucketed batches: shuffle, sort chunks by length, cut, shuffle batches."""
+    """Endless length-bucketed batches of collated tensors."""
     lengths = data.lengths()
     while True:
-        order = rng.permutation(len(data))
-        chunk = cfg.batch_size * 50
-        groups = []
-        for c in range(0, len(order), chunk):
-            part = order[c: c + chunk]
-            part = part[np.argsort(lengths[part])]
-            if cfg.max_tokens_per_batch:
-                start = 0
-                while start < len(part):
-                    end = start + 1
-                    while end < len(part) and (end - start + 1) * lengths[part[end]] <= cfg.max_tokens_per_batch:
-                        end += 1
-                    groups.append(part[start:end])
-                    start = end
-            else:
-                groups.extend(part[i: i + cfg.batch_size] for i in range(0, len(part), cfg.batch_size))
-        for g in rng.permutation(len(groups)):
-            yield collate([data.row(int(i)) for i in groups[g]])
+        for group in bucketed_batches(lengths, cfg, rng):
+            yield collate([data.row(int(i)) for i in group])
 
 
 def lr_at(step: int, cfg: TrainConfig, minutes: float = 0.0) -> float:
