@@ -103,6 +103,12 @@ def test_augment_recorded_data(recorded, pool):
             assert len(e["calls"]) == 2
             first, second = e["id"].rsplit("~", 1)[0].split("+", 1)
             assert e["calls"] == originals[first]["calls"] + originals[second]["calls"]
+        elif kind == "fan_out":
+            base = originals[e["id"].rsplit("~", 1)[0]]["calls"][0]
+            assert 2 <= len(e["calls"]) <= 3 and e["calls"][0] == base
+            assert all(c["name"] == base["name"] for c in e["calls"])
+            changed = [k for c in e["calls"][1:] for k in c["arguments"] if c["arguments"][k] != base["arguments"][k]]
+            assert len(set(changed)) == 1, "one argument fans out, the others stay"
         else:
             assert len(e["calls"]) == len(originals[e["id"].rsplit("~", 1)[0]]["calls"])
 

@@ -161,7 +161,8 @@ def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx",
     meta = json.loads((src / "needle.json").read_text())
     meta["precision"] = precision
     (dst / "needle.json").write_text(json.dumps(meta, indent=1))
-    write_manifest(dst)
+    if all((dst / name).exists() for name in MODEL_FILES):
+        write_manifest(dst)  # a partial quantization (finetune's decoder) is completed by its caller
     return dst
 
 
