@@ -137,7 +137,8 @@ def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
 
 
 def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx", "decoder.onnx")) -> Path:
-    """int8: dynamic quantization of every MatMul/Gemm; int4: weight-only MatMulNBits (block 32)."""
+    """int8: dynamic quantization of every MatMul/Gemm and embedding; int4: weight-only 4-bit MatMuls
+    (MatMulNBits, blocks of 32) with int8 embeddings."""
     src, dst = Path(src_dir), Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
     for name in graphs:
@@ -146,14 +147,19 @@ def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx",
 
             quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8)
         elif precision == "int4":
+            # embeddings (Gather) as int8, every MatMul weight as 4-bit blocks of 32 (MatMulNBits)
             import onnx
+            from onnxruntime.quantization import QuantType, quantize_dynamic
             from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
                                                                          MatMulNBitsQuantizer)
 
+            gathered = dst / f"_gather_{name}"
+            quantize_dynamic(str(src / name), str(gathered), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
             qcfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
-            quant = MatMulNBitsQuantizer(onnx.load(str(src / name)), algo_config=qcfg)
+            quant = MatMulNBitsQuantizer(onnx.load(str(gathered)), algo_config=qcfg)
             quant.process()
             quant.model.save_model_to_file(str(dst / name), False)
+            gathered.unlink()
         elif precision == "fp32":
             shutil.copy(src / name, dst / name)
         else:

@@ -44,6 +44,9 @@ def load_decoder_from_onnx(model_dir: Path) -> NeedleForToolCalling:
         elif onnx_name + "_quantized" in inits:  # int8 dynamic quantization: (q - zero_point) * scale
             q = inits[onnx_name + "_quantized"].astype(np.float32)
             value = (q - inits[onnx_name + "_zero_point"].astype(np.float32)) * inits[onnx_name + "_scale"]
+        elif onnx_name + "_Q4" in inits:  # MatMulNBits: symmetric 4-bit blocks of the [K, N] weight, stored [N, K]
+            rows = params[param_name].shape[1] if transposed else params[param_name].shape[0]
+            value = dequantize_q4(inits[onnx_name + "_Q4"], inits[onnx_name + "_scales"], rows)
         else:
             raise ValueError(f"{model_dir / 'decoder.onnx'} has no initializer {onnx_name!r} for {param_name}")
         value = value.T if transposed else value
@@ -54,6 +57,14 @@ def load_decoder_from_onnx(model_dir: Path) -> NeedleForToolCalling:
     if missing:
         raise ValueError(f"decoder weights missing from {model_dir}: {', '.join(missing[:5])}")
     return model
+
+
+def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
+    """MatMulNBits weights ([N, blocks, 16] bytes, two 4-bit values each, zero point 8) -> [K, N] floats."""
+    low, high = packed & 0x0F, packed >> 4
+    nibbles = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1).astype(np.float32)
+    values = (nibbles - 8.0) * scales.reshape(packed.shape[0], packed.shape[1], 1)
+    return values.reshape(packed.shape[0], -1)[:, :k].T
 
 
 def _encoded_batch(engine: OnnxEngine, rows: list[dict]) -> dict[str, torch.Tensor]:
