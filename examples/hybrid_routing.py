@@ -14,7 +14,7 @@ Needle sees the current turn only (the user's message and the tool results of th
 bundled model is trained on single requests and its decisions degrade when earlier turns are
 in its input. A real application would give the cloud fallback the whole conversation.
 
-    python examples/hybrid_routing.py [--threshold 0.7] [--sleep]
+    python examples/hybrid_routing.py [--threshold 0.5] [--sleep]
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def short(message: BaseMessage, width: int = 72) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def run(threshold: float = 0.7, sleep: bool = False) -> dict[str, Any]:
+def run(threshold: float = 0.5, sleep: bool = False) -> dict[str, Any]:
     cloud = FakeCloudModel(tool_calls=CLOUD_CALLS, answers=CLOUD_ANSWERS, sleep=sleep)
     llm = ChatNeedle(fallback=cloud, confidence_threshold=threshold).bind_tools(TOOLS)
     llm.invoke("warm-up: weather in Paris")  # loads the model once, outside the timings
@@ -203,7 +203,7 @@ def run(threshold: float = 0.7, sleep: bool = False) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--threshold", type=float, default=0.7, help="confidence below which Needle escalates")
+    parser.add_argument("--threshold", type=float, default=0.5, help="confidence below which Needle escalates")
     parser.add_argument("--sleep", action="store_true", help="really wait the simulated cloud latency")
     args = parser.parse_args(argv)
     run(args.threshold, args.sleep)
