@@ -425,6 +425,25 @@ def _first_turn(calls: list[tuple[str, dict]], pattern: re.Pattern) -> list[dict
 _DEPENDENT = "dependent calls left for a later turn"
 
 
+def _first_turn_example(query, seq: list[tuple[str, dict]], schemas: dict, to_tool, missing: str,
+                        pattern: re.Pattern, source: str, teacher: str, rid: str, report) -> list[dict]:
+    """A call sequence (Seal-Tools, NESTFUL) as one example of its first turn: the calls that need
+    no earlier result, with every tool the sequence uses declared."""
+    if not isinstance(query, str) or not seq:
+        raise Reject("record has no query or no calls")
+    tools = []
+    for name, _ in seq:
+        if name not in schemas:
+            raise Reject(missing, name)
+        if all(t["name"] != name for t in tools):
+            tools.append(to_tool(schemas[name]))
+    calls = _first_turn(seq, pattern)
+    ex = make_example(messages=[_user(query)], tools=tools, calls=calls, source=source, teacher=teacher,
+                      example_id=rid, notes=report.notes)
+    report.notes[_DEPENDENT] += len(seq) - len(calls)
+    return [ex]
+
+
 # ---- Seal-Tools -------------------------------------------------------------------------------
 
 SEAL_SPLITS = ("dev", "test_in_domain", "test_out_domain")
@@ -439,20 +458,9 @@ def import_seal_tools(data_dir: Path, report: SourceReport, limit: int | None = 
             rid = f"seal_tools/{split}/{row.get('id')}"
 
             def convert(row=row, rid=rid):
-                calling = row.get("calling") or []
-                if not isinstance(row.get("query"), str) or not calling:
-                    raise Reject("record has no query or no calls")
-                tools = []
-                for c in calling:
-                    if c["api"] not in rows:
-                        raise Reject("tool not found in tool.jsonl", c["api"])
-                    if all(t["name"] != c["api"] for t in tools):
-                        tools.append(seal_tool(rows[c["api"]]))
-                calls = _first_turn([(c["api"], c.get("parameters") or {}) for c in calling], _SEAL_REF)
-                ex = make_example(messages=[_user(row["query"])], tools=tools, calls=calls, source="seal_tools",
-                                  teacher="gpt-3.5-turbo", example_id=rid, notes=report.notes)
-                report.notes[_DEPENDENT] += len(calling) - len(calls)
-                return [ex]
+                seq = [(c["api"], c.get("parameters") or {}) for c in row.get("calling") or []]
+                return _first_turn_example(row.get("query"), seq, rows, seal_tool, "tool not found in tool.jsonl",
+                                           _SEAL_REF, "seal_tools", "gpt-3.5-turbo", rid, report)
 
             yield rid, convert
 
@@ -703,20 +711,10 @@ def import_nestful(data_dir: Path, report: SourceReport, limit: int | None = Non
 
             def convert(row=row, rid=rid, specs=specs):
                 # "var_result" is the sequence's final answer assembly, not a call.
-                seq = [c for c in row.get("output") or [] if c.get("name") != "var_result"]
-                if not isinstance(row.get("input"), str) or not seq:
-                    raise Reject("record has no query or no calls")
-                tools = []
-                for c in seq:
-                    if c["name"] not in specs:
-                        raise Reject("tool not in the spec file", c["name"])
-                    if all(t["name"] != c["name"] for t in tools):
-                        tools.append(nestful_tool(specs[c["name"]]))
-                calls = _first_turn([(c["name"], c.get("arguments") or {}) for c in seq], _NESTFUL_REF)
-                ex = make_example(messages=[_user(row["input"])], tools=tools, calls=calls, source="nestful",
-                                  teacher="llm-generated, human-selected", example_id=rid, notes=report.notes)
-                report.notes[_DEPENDENT] += len(seq) - len(calls)
-                return [ex]
+                seq = [(c["name"], c.get("arguments") or {}) for c in row.get("output") or []
+                       if c.get("name") != "var_result"]
+                return _first_turn_example(row.get("input"), seq, specs, nestful_tool, "tool not in the spec file",
+                                           _NESTFUL_REF, "nestful", "llm-generated, human-selected", rid, report)
 
             yield rid, convert
 
