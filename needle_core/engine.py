@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,6 @@ class OnnxEngine:
         self.decoder = ort.InferenceSession(str(self.model_dir / "decoder.onnx"), opts, providers=providers)
         self.layers, self.heads = self.meta["decoder_layers"], self.meta["decoder_heads"]
         self.dh = self.meta["d_model"] // self.heads
-        self._lock = threading.Lock()
 
     def encode(self, id_lists: list[list[int]]) -> dict:
         ids, mask = pad_ids(id_lists)

@@ -185,12 +185,7 @@ def coarse_mask(kinds: torch.Tensor, pos_type: torch.Tensor) -> torch.Tensor:
     return torch.cat([struct_ok, pos_ok], dim=-1)
 
 
-def action_to_input(actions: torch.Tensor) -> torch.Tensor:
-    """Map output actions to the next step's decoder input ids (pointers shift by one past BOS)."""
-    return torch.where(actions >= N_STRUCT, actions + 1, actions)
-
-
 AutoConfig.register("needle", NeedleConfig)
 AutoModel.register(NeedleConfig, NeedleForToolCalling)
 
-__all__ = ["NeedleConfig", "NeedleForToolCalling", "coarse_mask", "action_to_input", "N_POS_TYPES"]
+__all__ = ["NeedleConfig", "NeedleForToolCalling", "coarse_mask", "N_POS_TYPES"]

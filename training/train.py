@@ -20,7 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from needle_core.callformat import BOS
-from needle_core.modeling_needle import NeedleConfig, NeedleForToolCalling, action_to_input
+from needle_core.decoding import decoder_inputs
+from needle_core.modeling_needle import NeedleConfig, NeedleForToolCalling
 from training.features import FeatureSet
 
 
@@ -91,11 +92,9 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
         ids[b, :n], mask[b, :n], ptype[b, :n] = r["ids"], 1, r["pos_type"]
         labels[b, :t] = r["actions"]
         kinds[b, :t] = r["kinds"]
-    lab = torch.from_numpy(labels)
-    prev_t = torch.from_numpy(prev)
-    prev_t[:, 1:] = action_to_input(lab[:, :-1].clamp(min=0))
+    prev[:, 1:] = decoder_inputs(labels[:, :-1])  # padding maps to BOS; its labels are ignored
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-            "pos_type": torch.from_numpy(ptype), "labels": lab, "prev_actions": prev_t,
+            "pos_type": torch.from_numpy(ptype), "labels": torch.from_numpy(labels), "prev_actions": torch.from_numpy(prev),
             "kinds": torch.from_numpy(kinds)}
 
 
