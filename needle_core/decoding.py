@@ -472,24 +472,48 @@ REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in 
 
 def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
                         max_steps: int = 256) -> list[tuple[list[dict], float, int]]:
-    """Decode a batch in lock-step under each decoder's masks.
+    """Decode a batch under each decoder's masks, running the model only for real decisions.
 
-    ``step_fn(prev_actions [B], kinds [B]) -> logits [B, N_STRUCT + L]`` is called once per step
-    for the whole batch; ``prev_actions`` are output actions, ``-1`` before the first step (see
-    `decoder_inputs`). Finished rows are fed ``STOP`` and ignored. Past ``max_steps`` the most
-    closing allowed action is taken, so every result is complete. Returns, per row, (calls,
-    log-probability of the chosen actions, steps).
+    ``step_fn(prev_actions [B, n], kinds [B, n]) -> logits [B, N_STRUCT + L]`` feeds ``n`` more
+    steps to the model and returns the logits after the last one; ``prev_actions`` are output
+    actions, ``-1`` before the first step (see `decoder_inputs`). An action the state machine
+    forces (the only one allowed: a key in schema order, the end of a one-token span) is taken
+    without the model and its step is fed together with the next one: about 4 in 10 steps on
+    BFCL's simple requests. Each call feeds the same ``n`` steps to every row (the fewest any
+    unfinished row has queued); finished rows are fed ``STOP`` and ignored. Past ``max_steps``
+    the most closing allowed action is taken, so every result is complete. Returns, per row,
+    (calls, log-probability of the chosen actions, steps).
     """
     B = len(decoders)
-    prev = np.full(B, -1, np.int64)
     logp = np.zeros(B)
+    queued: list[list[tuple[int, int]]] = [[] for _ in range(B)]  # (previous action, kind) not yet fed
+
+    def advance(b: int, action: int) -> None:
+        """Queue the step after ``action``, taking forced actions until a decision needs the model."""
+        d = decoders[b]
+        while not d.done:
+            queued[b].append((action, d.kind))
+            struct, pos = d.allowed()
+            if d.steps >= max_steps or int(struct.sum()) + int(pos.sum()) != 1:
+                return
+            action = int(np.flatnonzero(struct)[0]) if struct.any() else N_STRUCT + int(np.flatnonzero(pos)[0])
+            d.step(action)
+        queued[b] = []  # finished by a forced action: nothing left to feed
+
+    for b in range(B):
+        advance(b, -1)
     while not all(d.done for d in decoders):
-        kinds = np.array([0 if d.done else d.kind for d in decoders], np.int64)
+        live = [b for b, d in enumerate(decoders) if not d.done]
+        n = min(len(queued[b]) for b in live)
+        prev, kinds = np.full((B, n), STOP, np.int64), np.zeros((B, n), np.int64)
+        for b in live:
+            prev[b], kinds[b] = zip(*queued[b][:n])
+            del queued[b][:n]
         logits = step_fn(prev, kinds)
-        for b, d in enumerate(decoders):
-            if d.done:
-                prev[b] = STOP
-                continue
+        for b in live:
+            if queued[b]:
+                continue  # this row has more queued steps before its next decision
+            d = decoders[b]
             struct, pos = d.allowed()
             if d.steps >= max_steps:
                 action = _closing_action(struct, pos)
@@ -503,7 +527,7 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                 action = int(np.argmax(choice))
                 logp[b] += float(scores[action])
             d.step(action)
-            prev[b] = action
+            advance(b, action)
     return [(d.calls(), float(logp[b]), d.steps) for b, d in enumerate(decoders)]
 
 

@@ -19,6 +19,7 @@ from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batc
 from needle_core.errors import ModelFileError
 
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "needle.json", "manifest.json")
+MODEL_FORMAT = "needle-onnx/2"  # /2: the decoder graph takes [B, n] steps (forced actions fed in bulk)
 
 
 def verify_model_dir(model_dir: Path) -> dict:
@@ -52,6 +53,9 @@ class OnnxEngine:
 
         self.model_dir = Path(model_dir)
         self.meta = verify_model_dir(self.model_dir)
+        if self.meta.get("format") != MODEL_FORMAT:
+            raise ModelFileError(f"{self.model_dir} holds format {self.meta.get('format')!r}; this engine runs "
+                                 f"{MODEL_FORMAT!r} (re-export the checkpoint with `needle export`)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads or min(os.cpu_count() or 1, 4)
         opts.inter_op_num_threads = 1
@@ -77,17 +81,14 @@ class OnnxEngine:
     def decode(self, decoders: list[CallDecoder], encoded: dict, max_steps: int = 256):
         """Constrained greedy decoding of a batch; returns [(calls, logprob, steps)]."""
         B = len(decoders)
-        state = {"past_k": np.zeros((self.layers, B, self.heads, 0, self.dh), np.float32)}
-        state["past_v"] = state["past_k"]
-        state["t"] = 0
+        feed = {k: encoded[k] for k in ("enc", "attention_mask", "cross_k", "cross_v", "ptr_keys")}
+        feed["past_k"] = feed["past_v"] = np.zeros((self.layers, B, self.heads, 0, self.dh), np.float32)
 
         def step_fn(prev_actions: np.ndarray, kinds: np.ndarray) -> np.ndarray:
-            prev_in = decoder_inputs(prev_actions)
-            feed = {k: encoded[k] for k in ("enc", "attention_mask", "cross_k", "cross_v", "ptr_keys")}
-            feed.update(prev_action=prev_in.astype(np.int64), kind=kinds.astype(np.int64),
-                        step=np.full(B, state["t"], np.int64), past_k=state["past_k"], past_v=state["past_v"])
-            logits, state["past_k"], state["past_v"] = self.decoder.run(None, feed)
-            state["t"] += 1
+            t, n = feed["past_k"].shape[3], prev_actions.shape[1]
+            feed.update(prev_action=decoder_inputs(prev_actions).astype(np.int64), kind=kinds.astype(np.int64),
+                        step=np.repeat(np.arange(t, t + n, dtype=np.int64)[None], B, axis=0))
+            logits, feed["past_k"], feed["past_v"] = self.decoder.run(None, feed)
             return logits
 
         return greedy_decode_batch(decoders, step_fn, max_steps=max_steps)

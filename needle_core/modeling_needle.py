@@ -13,7 +13,6 @@ design slow and bad at copying values (FIELD-NOTES sections 9 and 10).
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -46,18 +45,19 @@ class Attention(nn.Module):
     def __init__(self, d: int, heads: int):
         super().__init__()
         self.heads, self.dh = heads, d // heads
+        self.scale = self.dh ** -0.5  # a constant, not sqrt(shape): fewer nodes in the exported step graph
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
 
     def split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, h, T, dh)
-        return x.view(x.shape[0], x.shape[1], self.heads, self.dh).transpose(1, 2)
+        return x.unflatten(-1, (self.heads, self.dh)).transpose(1, 2)
 
     def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split(self.k(x)), self.split(self.v(x))
 
     def forward(self, x, k, v, mask=None, causal=False):
         q = self.split(self.q(x))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
-        return self.o(out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scale)
+        return self.o(out.transpose(1, 2).flatten(2))
 
 
 class DecoderLayer(nn.Module):
@@ -68,13 +68,14 @@ class DecoderLayer(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, ffn), nn.GELU(), nn.Linear(ffn, d))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x, cross_k, cross_v, cross_mask, past_k=None, past_v=None):
-        """One layer over new steps ``x``; with ``past_k/v`` (cached steps) it decodes incrementally."""
+    def forward(self, x, cross_k, cross_v, cross_mask, past_k=None, past_v=None, self_mask=None):
+        """One layer over new steps ``x``; with ``past_k/v`` (cached steps) and ``self_mask`` (which
+        of cached + new steps each new step sees) it decodes incrementally."""
         h = self.norm1(x)
         k, v = self.self_attn.kv(h)
         if past_k is not None:
             k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
-        x = x + self.drop(self.self_attn(h, k, v, causal=past_k is None and x.shape[1] > 1))
+        x = x + self.drop(self.self_attn(h, k, v, mask=self_mask, causal=past_k is None and x.shape[1] > 1))
         x = x + self.drop(self.cross_attn(self.norm2(x), cross_k, cross_v, mask=cross_mask))
         x = x + self.drop(self.ffn(self.norm3(x)))
         return x, k, v
@@ -122,7 +123,7 @@ class NeedleForToolCalling(PreTrainedModel):
         """Decoder input embeddings: previous action (structural or pointed-at state) + kind + step."""
         is_ptr = prev_actions > N_STRUCT  # BOS == N_STRUCT is structural
         ptr = (prev_actions - N_STRUCT - 1).clamp(min=0)
-        gathered = torch.gather(enc, 1, ptr.unsqueeze(-1).expand(-1, -1, enc.shape[-1]))
+        gathered = torch.gather(enc, 1, ptr.unsqueeze(-1).expand(-1, -1, self.config.d_model))
         struct = self.action_embed(prev_actions.clamp(max=N_STRUCT))
         x = torch.where(is_ptr.unsqueeze(-1), self.pointer_in(gathered), struct)
         return x + self.kind_embed(kinds) + self.step_embed(steps.clamp(max=self.config.max_steps - 1))
@@ -131,7 +132,7 @@ class NeedleForToolCalling(PreTrainedModel):
         """Logits [B, T, N_STRUCT + L]: structural actions, then input positions (padding masked)."""
         h = self.norm(h)
         struct = self.struct_head(h)
-        ptr = torch.einsum("btd,bld->btl", self.ptr_query(h), ptr_keys) / math.sqrt(h.shape[-1])
+        ptr = torch.einsum("btd,bld->btl", self.ptr_query(h), ptr_keys) * self.config.d_model ** -0.5
         ptr = ptr.masked_fill(~attention_mask.bool().unsqueeze(1), -1e4)
         return torch.cat([struct, ptr], dim=-1)
 
@@ -163,17 +164,22 @@ class NeedleForToolCalling(PreTrainedModel):
 
     def decode_step(self, enc, cross_mask, cross_k, cross_v, ptr_keys, attention_mask, prev_action, kind, step,
                     past_k, past_v):
-        """One incremental step for a batch (export and KV-cached decoding).
+        """``n`` new steps on top of a KV cache, for a batch; logits of the last step only.
 
-        ``cross_k/v`` and ``past_k/v`` are stacked over layers: [layers, B, h, T, dh].
+        Inputs are [B, n]: feeding several steps at once lets the engine skip the model for
+        actions the state machine forces (one call per real decision). ``cross_k/v`` and
+        ``past_k/v`` are stacked over layers: [layers, B, h, T, dh].
         """
-        x = self.step_inputs(enc, prev_action[:, None], kind[:, None], step[:, None])
+        x = self.step_inputs(enc, prev_action, kind, step)
+        n, total = prev_action.shape[1], past_k.shape[3] + prev_action.shape[1]
+        # new step i sees the whole cache and the new steps up to itself
+        self_mask = torch.arange(total, device=x.device) <= (torch.arange(n, device=x.device) + (total - n))[:, None]
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
-            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, past_k[i], past_v[i])
+            x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, past_k[i], past_v[i], self_mask)
             new_k.append(k)
             new_v.append(v)
-        logits = self.scores(x, ptr_keys, attention_mask)[:, 0]
+        logits = self.scores(x[:, -1:], ptr_keys, attention_mask)[:, 0]
         return logits, torch.stack(new_k), torch.stack(new_v)
 
 

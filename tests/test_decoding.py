@@ -229,3 +229,26 @@ def test_disallowed_action_is_refused():
     decoder = CallDecoder(rendered, [WEATHER])
     with pytest.raises(DecodeError):
         decoder.step(N_STRUCT + 0)  # [CLS] is never a valid first action
+
+
+def test_forced_actions_skip_the_model_and_keep_the_call():
+    """Teacher-forcing a known call through greedy decoding: the model runs only where the state
+    machine leaves a choice, forced steps are fed together with the next decision, and the
+    result is the same call."""
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for 3 days"}], [WEATHER])
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+    actions, _ = encode_calls(CallDecoder(rendered, [WEATHER]), [call])
+    fed: list[int] = []
+    runs: list[int] = []
+
+    def step_fn(prev, kinds):
+        runs.append(prev.shape[1])
+        fed.extend(prev[0].tolist())
+        logits = np.full((1, N_STRUCT + len(rendered)), -30.0)
+        logits[0, actions[len(fed) - 1]] = 0.0  # the teacher's action at the step after the last fed one
+        return logits
+
+    calls, logp, steps = greedy_decode_batch([CallDecoder(rendered, [WEATHER])], step_fn)[0]
+    assert calls == [call]
+    assert steps == len(actions) and fed == [-1] + actions[:-1]  # every step fed exactly once, in order
+    assert len(runs) < steps and max(runs) > 1 and logp > -1e-6

@@ -8,7 +8,9 @@ the manifest makes the engine refuse a tampered or missing file.
 """
 from __future__ import annotations
 
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -190,3 +192,72 @@ def test_manifest_rejects_missing_file(exported, tmp_path, name):
     (bad / name).unlink()
     with pytest.raises(ModelFileError, match=name.replace(".", r"\.")):
         OnnxEngine(bad, threads=1)
+
+
+def test_older_export_format_is_refused_clearly(exported, tmp_path):
+    from training.export import write_manifest
+
+    old = tmp_path / "old"
+    shutil.copytree(exported["fp32"], old)
+    meta = json.loads((old / "needle.json").read_text())
+    meta["format"] = "needle-onnx/1"
+    (old / "needle.json").write_text(json.dumps(meta))
+    write_manifest(old)
+    with pytest.raises(ModelFileError, match="needle-onnx/1.*needle export"):
+        OnnxEngine(old, threads=1)
+
+
+def test_int8_keeps_outlier_projections_weight_only(exported, tmp_path):
+    """int8 leaves the FFN output projections of the first encoder layers with fp32 activations."""
+    import onnx
+
+    from training.export import INT8_WEIGHT_ONLY_FFN_LAYERS, outlier_matmuls, quantize
+
+    names = outlier_matmuls(Path(exported["fp32"]) / "encoder.onnx")
+    assert len(names) == len([i for i in INT8_WEIGHT_ONLY_FFN_LAYERS if i < 2])  # the tiny model has 2 layers
+    out = quantize(exported["fp32"], str(tmp_path / "int8"), "int8")
+    graph = onnx.load(str(out / "encoder.onnx")).graph
+    weights = {n.input[1] for n in graph.node if n.name in names and n.op_type == "MatMul"}
+    assert len(weights) == len(names)  # still plain MatMuls (not dynamically quantized) ...
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert weights <= dequantized  # ... whose weights are int8 in the file
+    OnnxEngine(out, threads=1)
+
+
+def test_forced_steps_fed_together_equal_one_at_a_time(engines, cases, monkeypatch):
+    """Forced actions are fed to the decoder graph in bulk ([B, n] steps); the calls and the logits of
+    every decision equal feeding the same steps one per graph run."""
+    import needle_core.decoding as decoding
+    import needle_core.engine as engine_module
+
+    onnx_engine, _ = engines
+    specs, rendered = cases
+    widths: list[int] = []
+
+    def run(split: bool):
+        trace: list[np.ndarray] = []
+
+        def patched(decoders, step_fn, max_steps=256):
+            def step(prev, kinds):
+                widths.append(prev.shape[1])
+                columns = range(prev.shape[1]) if split else [slice(None)]
+                for i in columns:
+                    cols = slice(i, i + 1) if split else i
+                    logits = step_fn(prev[:, cols], kinds[:, cols])
+                trace.append(np.array(logits, copy=True))
+                return logits
+
+            return decoding.greedy_decode_batch(decoders, step, max_steps=max_steps)
+
+        monkeypatch.setattr(engine_module, "greedy_decode_batch", patched)
+        out = [onnx_engine.decode([CallDecoder(r, specs, tool_choice="required")], onnx_engine.encode([r.ids]))[0][0]
+               for r in rendered]
+        monkeypatch.undo()
+        return out, trace
+
+    bulk_calls, bulk_trace = run(split=False)
+    assert max(widths) > 1  # some forced steps were fed together
+    single_calls, single_trace = run(split=True)
+    assert bulk_calls == single_calls
+    for a, b in zip(bulk_trace, single_trace):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)

@@ -65,11 +65,12 @@ class TorchEngine:
         @torch.inference_mode()
         def step(prev_actions: np.ndarray, kinds: np.ndarray) -> np.ndarray:
             prev_in = torch.from_numpy(decoder_inputs(prev_actions).astype(np.int64))
+            n = prev_actions.shape[1]
+            steps = torch.arange(state["t"], state["t"] + n).expand(batch, n)
             logits, state["past_k"], state["past_v"] = self.model.decode_step(
                 t["enc"], cross_mask, t["cross_k"], t["cross_v"], t["ptr_keys"], t["attention_mask"], prev_in,
-                torch.from_numpy(kinds.astype(np.int64)), torch.full((batch,), state["t"], dtype=torch.int64),
-                state["past_k"], state["past_v"])
-            state["t"] += 1
+                torch.from_numpy(kinds.astype(np.int64)), steps, state["past_k"], state["past_v"])
+            state["t"] += n
             out = logits.numpy()
             if trace is not None:
                 trace.append(out.copy())

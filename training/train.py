@@ -65,8 +65,8 @@ def minilm_path() -> str:
 
 def build_model(cfg: TrainConfig) -> NeedleForToolCalling:
     """A fresh student (encoder from MiniLM) or a saved Needle checkpoint to continue from."""
-    if cfg.init_from:
-        return NeedleForToolCalling.from_pretrained(cfg.init_from)
+    if cfg.init_from:  # fp32 master weights, whatever dtype the checkpoint was saved in (fp16 from a GPU run)
+        return NeedleForToolCalling.from_pretrained(cfg.init_from).float()
     from transformers import BertModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
