@@ -13,7 +13,6 @@ design slow and bad at copying values (FIELD-NOTES sections 9 and 10).
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
