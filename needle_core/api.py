@@ -171,18 +171,15 @@ class Needle:
         A tool named by ``tool_choice`` always ranks first, so it is never the one left out."""
         tok = self.renderer.tok
         query = " ".join(m["content"] for m in messages if m["role"] in ("user", "system"))[-2000:]
-        keys = [json.dumps(specs[i].to_dict(), sort_keys=True)[:4000] for i in indices]
-        missing = [k for k in dict.fromkeys(keys) if k not in self._embed_cache]
+        keys = [specs[i].key for i in indices]
+        missing = [(k, specs[i]) for k, i in dict(zip(keys, indices)).items() if k not in self._embed_cache]
         for start in range(0, len(missing), 64):
             chunk = missing[start: start + 64]
-            texts = []
-            for k in chunk:
-                spec = json.loads(k) if k.endswith("}") else {"name": k[:64], "description": ""}
-                texts.append(f"{spec.get('name', '')} : {spec.get('description', '')}"[:1000])
+            texts = [f"{spec.name} : {spec.description}"[:1000] for _, spec in chunk]
             ids = [[101] + e.ids[:126] + [102] for e in tok.encode_batch(texts, add_special_tokens=False)]
             vecs = self.engine.embed(ids)
             with self._lock:
-                self._embed_cache.update(zip(chunk, vecs))
+                self._embed_cache.update(zip([k for k, _ in chunk], vecs))
         q = tok.encode(query, add_special_tokens=False).ids[:254]
         qv = self.engine.embed([[101] + q + [102]])[0]
         scores = [float(self._embed_cache[k] @ qv) for k in keys]

@@ -237,7 +237,7 @@ class Renderer:
         return self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
 
     def _tool_tokens(self, tool_index: int, spec) -> list:
-        key = json.dumps(spec.to_dict(), sort_keys=True, ensure_ascii=False)
+        key = spec.key
         cached = self._tool_cache.get(key)
         if cached is None:
             pieces = _tool_pieces(tool_index, spec)

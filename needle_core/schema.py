@@ -69,6 +69,7 @@ import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Annotated, Any, NamedTuple
 
 import jsonschema
@@ -140,6 +141,12 @@ class ToolSpec:
     def to_openai(self) -> dict:
         """The OpenAI chat-completions tool form."""
         return {"type": "function", "function": self.to_dict()}
+
+    @cached_property
+    def key(self) -> str:
+        """The spec's whole content as one string, computed once per spec: the cache key of what
+        is derived from a spec (rendered tool tokens, ranking embeddings). Specs are not mutated."""
+        return json.dumps([self.name, self.description, self.parameters], ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------- public entry points

@@ -94,7 +94,8 @@ def export_decoder(model, out: Path, opset: int = 17) -> None:
                           dynamic_axes={"enc": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"},
                                         "cross_k": {1: "B", 3: "L"}, "cross_v": {1: "B", 3: "L"},
                                         "ptr_keys": {0: "B", 1: "L"}, "prev_action": {0: "B", 1: "n"},
-                                        "kind": {0: "B", 1: "n"}, "step": {0: "B", 1: "n"}, "past_k": {1: "B", 3: "T"}, "past_v": {1: "B", 3: "T"},
+                                        "kind": {0: "B", 1: "n"}, "step": {0: "B", 1: "n"},
+                                        "past_k": {1: "B", 3: "T"}, "past_v": {1: "B", 3: "T"},
                                         "logits": {0: "B", 1: "A"}, "new_k": {1: "B", 3: "T1"},
                                         "new_v": {1: "B", 3: "T1"}})
 
@@ -138,9 +139,8 @@ def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
 
 
 def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx", "decoder.onnx")) -> Path:
-    """int8: dynamic quantization of every MatMul/Gemm and embedding (but `outlier_matmuls`, by
-    weight only); int4: weight-only 4-bit MatMuls
-    (MatMulNBits, blocks of 32) with int8 embeddings."""
+    """int8: dynamic quantization of every MatMul/Gemm and embedding (`outlier_matmuls` by weight
+    only); int4: weight-only 4-bit MatMuls (MatMulNBits, blocks of 32) with int8 embeddings."""
     src, dst = Path(src_dir), Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
     for name in graphs:
