@@ -109,6 +109,10 @@ def test_augment_recorded_data(recorded, pool):
             assert all(c["name"] == base["name"] for c in e["calls"])
             changed = [k for c in e["calls"][1:] for k in c["arguments"] if c["arguments"][k] != base["arguments"][k]]
             assert len(set(changed)) == 1, "one argument fans out, the others stay"
+        elif kind == "repeat":
+            base = originals[e["id"].rsplit("~", 1)[0]]["calls"][0]
+            assert len(e["calls"]) == 2 and e["calls"][0] == base and e["calls"][1] != base
+            assert e["calls"][1]["name"] == base["name"]
         else:
             assert len(e["calls"]) == len(originals[e["id"].rsplit("~", 1)[0]]["calls"])
 
@@ -153,6 +157,23 @@ def test_merge_makes_two_parallel_calls(pool):
         for value in call["arguments"].values():
             assert str(value) in text
     assert A.merge(SYNTHETIC[3], ctx, rng) is None  # no call: nothing to merge
+
+
+def test_repeat_says_the_request_twice_with_other_values(pool):
+    rng = random.Random(0)
+    ctx = ctx_for(SYNTHETIC, pool)
+    made = [m for m in (A.repeat(SYNTHETIC[2], ctx, rng) for _ in range(10)) if m]
+    assert made, "a request with a number argument can always be repeated"
+    for m in made:
+        assert validate_example(m) == []
+        first, second = m["calls"]
+        assert first == SYNTHETIC[2]["calls"][0] and second["name"] == first["name"] and second != first
+        text = m["messages"][0]["content"]
+        assert text.startswith("Find flights from Berlin with at most 1 stop")
+        for call in m["calls"]:
+            for value in call["arguments"].values():
+                assert str(value) in text
+    assert A.repeat(SYNTHETIC[3], ctx, rng) is None  # no call: nothing to repeat
 
 
 def test_rename_is_consistent(pool):

@@ -18,7 +18,9 @@ way whose correct answer is known exactly, so the new label is as trustworthy as
   the text and in every argument, by another value of the same kind (same parameter name and
   shape, e.g. a city for a city) seen elsewhere in the data;
 - **merge**: two single-call requests joined with " and also " / "; then " -> two parallel calls;
-- **fan_out**: one argument given two or three values ("Paris and Tokyo") -> the same tool called once per value.
+- **fan_out**: one argument given two or three values ("Paris and Tokyo") -> the same tool called once per value;
+- **repeat**: the request said again with other values (numbers, and maybe a string of a known
+  kind), joined as in merge -> the same tool called twice, several arguments differing.
 
 Every output passes `validate_example` (which runs `validate_call`); a transform that cannot
 apply to an example, or whose result fails, is counted in ``stats`` and another is tried.
@@ -48,8 +50,8 @@ STOPWORDS = frozenset((
 ))
 
 # variant kinds and their weights
-KINDS = ("variant", "negative", "merge", "fan_out")
-KIND_WEIGHTS = (0.65, 0.15, 0.10, 0.10)
+KINDS = ("variant", "negative", "merge", "fan_out", "repeat")
+KIND_WEIGHTS = (0.55, 0.15, 0.10, 0.10, 0.10)
 MAX_TOOLS = 8  # keeps the rendered input inside the model's 512 positions
 
 
@@ -498,6 +500,44 @@ def fan_out(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     return new
 
 
+def substitute_numbers(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """Give each non-negative number argument that stands exactly once in the request another
+    value, in the text and the call (a value already in the text is never chosen)."""
+    new = copy.deepcopy(ex)
+    message, call = new["messages"][0], new["calls"][0]
+    changed = False
+    for key, value in ex["calls"][0]["arguments"].items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            continue
+        pattern = _word_pattern(str(value))
+        if len(pattern.findall(message["content"])) != 1:
+            continue
+        other = _other_values(key, value, ctx, rng, 1, message["content"])[0]
+        if str(other) in message["content"]:
+            continue
+        message["content"] = pattern.sub(lambda _: str(other), message["content"], count=1)
+        call["arguments"][key] = other
+        changed = True
+    return new if changed else None
+
+
+def repeat(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """One call -> the request said twice, the second time with other values, and the same tool
+    called for each: BFCL's parallel category often changes several arguments at once."""
+    if not (_user_only(ex) and len(ex["calls"]) == 1):
+        return None
+    other = substitute_numbers(ex, ctx, rng)
+    if other is None or rng.random() < 0.5:
+        other = substitute(other or ex, ctx, rng) or other
+    if other is None:
+        return None
+    new = copy.deepcopy(ex)
+    new["messages"] = [{"role": "user", "content": _join(ex["messages"][0]["content"],
+                                                         other["messages"][0]["content"], rng)}]
+    new["calls"] = new["calls"] + other["calls"]
+    return new
+
+
 def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
     """A composition: maybe substitute a value, maybe rename, usually add distractors; always shuffle."""
     new = ex
@@ -511,7 +551,7 @@ def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
     return shuffle_order(new, ctx, rng)
 
 
-_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "fan_out": fan_out}
+_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "fan_out": fan_out, "repeat": repeat}
 
 
 # ---- the entry point ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ bins) is reported on a disjoint split, before and after, with a reliability diag
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -80,23 +79,15 @@ def plot_reliability(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: Pat
     fig.tight_layout(); fig.savefig(path, dpi=110); plt.close(fig)
 
 
-def split(examples: list[dict], fraction: float = 0.5) -> tuple[list, list]:
-    """Deterministic split by example id (fit / report)."""
-    fit, report = [], []
-    for ex in examples:
-        (fit if zlib.crc32(str(ex.get("id", "")).encode()) % 1000 < fraction * 1000 else report).append(ex)
-    return fit, report
-
-
 def calibrate(model_dir: str, data_paths: list[str], out_dir: str, limit: int = 600) -> dict:
     from needle_core import Needle
-    from training.data import read_jsonl
+    from training.data import read_jsonl, split_by_request
     from training.export import write_manifest
 
     examples = [ex for p in data_paths for ex in read_jsonl(p)]
     rng = np.random.default_rng(0)
     examples = [examples[i] for i in rng.permutation(len(examples))[: 2 * limit]]
-    fit_set, report_set = split(examples)
+    report_set, fit_set = split_by_request(examples, 0.5, salt="calibration")
     needle = Needle(model_dir)
     raw_fit, ok_fit = collect(needle, fit_set)
     raw_rep, ok_rep = collect(needle, report_set)

