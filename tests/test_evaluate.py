@@ -171,6 +171,7 @@ def test_report_files(tmp_path, oracle):
 class _FakeResult:
     def __init__(self, calls):
         self.calls = calls
+        self.confidence = 0.75
 
 
 class _FakeNeedle:
@@ -204,7 +205,8 @@ def test_needle_predictor_uses_public_api(monkeypatch):
             },
         },
     }
-    assert predict([{"role": "user", "content": "hi"}], [tool]) == [{"name": "a.b", "arguments": {"x": 1}}]
+    answer = predict([{"role": "user", "content": "hi"}], [tool])
+    assert answer["calls"] == [{"name": "a.b", "arguments": {"x": 1}}] and answer["confidence"] == 0.75
     sent = _FakeNeedle.seen[0][1][0]
     assert sent["type"] == "function" and sent["function"]["name"] == "a.b"
     params = sent["function"]["parameters"]
@@ -214,7 +216,7 @@ def test_needle_predictor_uses_public_api(monkeypatch):
     assert params["properties"]["z"]["type"] == "object"
     assert params["properties"]["z"]["properties"]["w"]["type"] == "integer"
     assert tool["parameters"]["type"] == "dict"  # the raw tool is untouched
-    assert predict([{"role": "user", "content": "hi"}], []) == []  # no tools: no call, engine not asked
+    assert predict([{"role": "user", "content": "hi"}], [])["calls"] == []  # no tools: no call, engine not asked
     assert len(_FakeNeedle.seen) == 1
 
 
@@ -235,3 +237,22 @@ def test_cli_run(tmp_path, monkeypatch, capsys, checker):
     assert ev.run(bad) == 2
     with pytest.raises(SystemExit):
         parser.parse_args(["mmlu"])
+
+
+def test_confidence_is_recorded_and_calibration_reported(tmp_path, checker):
+    """A predictor answering {"calls", "confidence"}: always no call, sure of it on irrelevance
+    (right: ECE 0) and at 0.2 on simple_python (wrong: ECE 0.2)."""
+    def predict(messages, tools):
+        irrelevant = predict.category == "irrelevance"
+        return {"calls": [], "confidence": 1.0 if irrelevant else 0.2}
+
+    results = {}
+    for category in ("irrelevance", "simple_python"):
+        predict.category = category
+        results[category] = ev.evaluate_bfcl(predict, category, 4, tmp_path / category, progress=False)
+        assert all("confidence" in d for d in _details(tmp_path / category))
+    assert results["irrelevance"]["calibration"] == {"requests": 4, "mean_confidence": 1.0, "accuracy": 1.0, "ece": 0.0}
+    cal = results["simple_python"]["calibration"]
+    assert cal["accuracy"] == 0.0 and cal["ece"] == pytest.approx(0.2)
+    assert "expected calibration error 0.200" in (tmp_path / "simple_python" / "bfcl_report.md").read_text()
+    assert ev.evaluate_bfcl(lambda m, t: [], "irrelevance", 2, tmp_path / "plain", progress=False)["calibration"] is None

@@ -117,7 +117,8 @@ ANCHORS: dict[str, dict[str, Any]] = {
     },
 }
 
-Predictor = Callable[[list[dict], list[dict]], list[dict]]
+# (messages, tools) -> calls, or {"calls": calls, "confidence": p} to have calibration reported too
+Predictor = Callable[[list[dict], list[dict]], Any]
 
 
 # ---- the official checker, imported offline --------------------------------------------------------
@@ -346,18 +347,20 @@ def needle_predictor(model_dir: str | os.PathLike | None = None, *, convert_type
 
     ``model_dir=None`` loads the bundled model. With ``convert_types`` the raw BFCL functions are
     passed as OpenAI tools with JSON Schema types (`bfcl_tool`), as BFCL does for FC models.
-    A request with no tools at all (4 in live_irrelevance) is answered with no call.
+    A request with no tools at all (4 in live_irrelevance) is answered with no call. Each answer
+    carries the engine's ``confidence`` so the run also reports calibration on BFCL.
     """
     from needle_core import Needle
 
     model = Needle(model_dir) if model_dir is not None else Needle()
 
-    def predict(messages: list[dict], tools: list[dict]) -> list[dict]:
+    def predict(messages: list[dict], tools: list[dict]) -> dict:
         if not tools:
-            return []
+            return {"calls": [], "confidence": None}
         specs = [bfcl_tool(t) for t in tools] if convert_types else tools
         result = model.call(messages, specs)
-        return [{"name": c.name, "arguments": dict(c.arguments)} for c in result.calls]
+        return {"calls": [{"name": c.name, "arguments": dict(c.arguments)} for c in result.calls],
+                "confidence": result.confidence}
 
     return predict
 
@@ -405,6 +408,7 @@ def evaluate_bfcl(
 
     per_category: dict[str, dict] = {}
     latencies: list[float] = []
+    judged: list[tuple[float, bool]] = []  # (confidence, right?) for calibration
     t_start = time.perf_counter()
     with open(details_path, "w", encoding="utf-8") as details:
         for category in cats:
@@ -430,6 +434,9 @@ def evaluate_bfcl(
                     valid, error_type, errors = False, "needle:predict_error", [predict_error]
                     record["prediction"] = None
                 else:
+                    if isinstance(raw, dict) and "calls" in raw:
+                        record["confidence"] = raw.get("confidence")
+                        raw = raw["calls"]
                     try:
                         record["prediction"], decoded = to_decoded(raw)
                     except (TypeError, ValueError) as exc:
@@ -438,6 +445,8 @@ def evaluate_bfcl(
                     else:
                         valid, error_type, errors = score(checker, category, entry, decoded)
                 correct += valid
+                if record.get("confidence") is not None:
+                    judged.append((record["confidence"], valid))
                 if not valid:
                     error_counts[error_type] += 1
                 record.update(valid=valid, error_type=error_type, error=errors, latency_ms=round(latency_ms, 3))
@@ -474,6 +483,7 @@ def evaluate_bfcl(
         "wall_time_s": wall,
         "mean_latency_ms": sum(latencies) / len(latencies) if latencies else 0.0,
         "anchors_source": ANCHOR_SOURCE,
+        "calibration": calibration_summary(judged),
     }
     files = {"results": str(out / "bfcl_results.json"), "details": str(details_path),
              "report": str(out / "bfcl_report.md"), "chart": str(out / "bfcl_accuracy.png")}
@@ -488,6 +498,21 @@ def evaluate_bfcl(
         json.dump(results, f, indent=2, ensure_ascii=False)
         f.write("\n")
     return results
+
+
+def calibration_summary(judged: list[tuple[float, bool]]) -> dict | None:
+    """How well ``confidence`` predicts the checker's verdict on BFCL (never fitted here: BFCL is
+    held out, so this is the out-of-distribution view of the calibration fitted on training sources)."""
+    if not judged:
+        return None
+    import numpy as np
+
+    from training.calibrate import expected_calibration_error
+
+    conf = np.array([c for c, _ in judged], dtype=float)
+    right = np.array([v for _, v in judged], dtype=float)
+    return {"requests": len(judged), "mean_confidence": float(conf.mean()), "accuracy": float(right.mean()),
+            "ece": expected_calibration_error(conf, right)}
 
 
 # ---- reports -------------------------------------------------------------------------------------------
@@ -548,6 +573,11 @@ def render_report(results: dict) -> str:
         errs = ", ".join(f"{k} ({v})" for k, v in list(r["errors"].items())[:3]) or "—"
         parts.append(f"| {cat} | {r['correct']} | {r['total']} | {100 * r['accuracy']:.1f} | "
                      f"{r['mean_latency_ms']:.2f} | {errs} |")
+    cal = results.get("calibration")
+    if cal:
+        parts += ["", f"Confidence on these requests (the model's calibration was fitted on training sources, "
+                      f"never on BFCL): mean {cal['mean_confidence']:.3f} vs accuracy {cal['accuracy']:.3f}, "
+                      f"expected calibration error {cal['ece']:.3f} over {cal['requests']} requests."]
     parts += ["", "Per-request records: `bfcl_details.jsonl`. Chart: `bfcl_accuracy.png`.", ""]
     return "\n".join(parts)
 
