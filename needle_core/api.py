@@ -68,7 +68,6 @@ class Needle:
         calib = self.engine.meta.get("calibration") or {}
         self._calib = (float(calib.get("a", 1.0)), float(calib.get("b", 0.0)), bool(calib))
         self._embed_cache: dict[str, np.ndarray] = {}
-        self._spec_cache: dict[str, list[ToolSpec]] = {}
         self._lock = threading.Lock()
 
     @property
@@ -87,7 +86,7 @@ class Needle:
     def call_batch(self, requests: list, tools: Any, tool_choice: Any = "auto") -> list[NeedleResult]:
         """Many requests against one toolset, encoded and decoded as one batch."""
         t0 = time.perf_counter()
-        specs = self._specs(tools) if tools else []
+        specs = to_tool_specs(tools) if tools else []  # conversions are remembered per tool (schema)
         choice = normalize_tool_choice(tool_choice)
         if choice not in ("auto", "required", "none") and choice not in {s.name for s in specs}:
             raise NeedleError(f"tool_choice names {choice!r}, which is not among the tools: "
@@ -139,21 +138,6 @@ class Needle:
         return float(1.0 / (1.0 + math.exp(-(a * logp + b))))
 
     # -- helpers --
-    def _specs(self, tools: Any) -> list[ToolSpec]:
-        """Converted specs, cached for toolsets given as plain JSON data (the common case for agents)."""
-        try:
-            key = json.dumps(tools, sort_keys=True, ensure_ascii=False)
-        except (TypeError, ValueError):
-            return to_tool_specs(tools)  # tool objects: convert every time (they may change)
-        specs = self._spec_cache.get(key)
-        if specs is None:
-            specs = to_tool_specs(tools)
-            with self._lock:
-                if len(self._spec_cache) > 256:
-                    self._spec_cache.clear()
-                self._spec_cache[key] = specs
-        return specs
-
     @staticmethod
     def _clip(messages: list[dict]) -> tuple[list[dict], list[str]]:
         out, warnings = [], []

@@ -209,17 +209,39 @@ def validate_value(value: Any, schema: dict) -> list[str]:
 # --------------------------------------------------------------------------- recognising tool forms
 
 
+_CONVERTED: dict[str, ToolSpec] = {}
+_CONVERTED_MAX = 4096
+
+
+def _from_dict_remembered(tool: dict, label: str) -> ToolSpec:
+    """`_from_dict` with a bounded memo: agents send the same tools on every call, training data
+    repeats them across thousands of examples, and one conversion runs a full schema check. The
+    key keeps key order (property order is part of a spec). Failures are not remembered, so each
+    error names the tool by its own label."""
+    try:
+        key = json.dumps(tool, ensure_ascii=False)
+    except (TypeError, ValueError):  # not plain JSON data: convert every time
+        return _from_dict(tool, label)
+    spec = _CONVERTED.get(key)
+    if spec is None:
+        spec = _from_dict(tool, label)
+        if len(_CONVERTED) >= _CONVERTED_MAX:
+            _CONVERTED.clear()
+        _CONVERTED[key] = spec
+    return spec
+
+
 def _convert(tool: Any, label: str) -> ToolSpec:
     """Dispatch on the tool's form; ``label`` names it in errors until its name is known."""
     if isinstance(tool, ToolSpec):
-        return _from_dict(tool.to_dict(), label)
+        return _from_dict_remembered(tool.to_dict(), label)
     if isinstance(tool, (str, bytes)):
         loaded = _load_json(tool, label, "")
         if isinstance(loaded, list):
             raise ToolSchemaError(label, "", "expected one tool, got a JSON list (use to_tool_specs)")
         return _convert(loaded, label)
     if isinstance(tool, dict):
-        return _from_dict(tool, label)
+        return _from_dict_remembered(tool, label)
     if _is_langchain_tool(tool):
         return _from_langchain(tool, label)
     if _is_llamaindex_tool(tool):

@@ -1125,3 +1125,22 @@ def test_validate_value_helper():
     assert validate_value({"location": "Oslo"}, schema) == []
     assert validate_value({"location": 3}, schema) == ["value.location: 3 is not of type 'string'"]
     assert validate_value({}, schema) == ["value.location: required property missing"]
+
+
+def test_conversions_are_remembered_per_tool_keeping_property_order():
+    """Agents send the same tools on every call: a repeat conversion is the same spec, but a tool
+    whose properties come in another order is another spec (the order is rendered)."""
+    props = {"city": {"type": "string", "description": "City"}, "days": {"type": "integer", "description": "Days"}}
+    tool = {"name": "forecast", "description": "Weather forecast.",
+            "parameters": {"type": "object", "properties": props, "required": ["city"]}}
+    reordered = json.loads(json.dumps(tool))
+    reordered["parameters"]["properties"] = dict(reversed(list(props.items())))
+    first = to_tool_spec(tool)
+    assert to_tool_specs([tool])[0] is first
+    assert list(to_tool_spec(reordered).parameters["properties"]) == ["days", "city"]
+    assert list(to_tool_spec(tool).parameters["properties"]) == ["city", "days"]
+    assert first.parameters["properties"] is not tool["parameters"]["properties"]  # later edits of the input stay out
+    broken = {"name": "broken", "description": "", "parameters": {"type": "object", "properties": {"x": {"type": "nope"}}}}
+    for i in range(2):  # failures are not remembered: each names the tool at its own index
+        with pytest.raises(ToolSchemaError, match="broken"):
+            to_tool_specs([tool] * i + [broken])

@@ -67,34 +67,11 @@ JSON_FIELDS = ("messages", "tools", "calls")
 
 # ---- validation -----------------------------------------------------------------------------
 
-_SPEC_CACHE: dict[str, Any] = {}
-_SPEC_CACHE_MAX = 50_000
-
-
-def tool_spec(tool: dict[str, Any]):
-    """`to_tool_spec` with a memo. Converting one tool runs a full JSON Schema check (a few ms)
-    and the same tools recur in thousands of examples. The key keeps key order, so a tool with
-    shuffled properties is its own entry (its spec keeps the new order)."""
-    from needle_core.schema import to_tool_spec
-
-    try:
-        key = json.dumps(tool, ensure_ascii=False)
-    except (TypeError, ValueError):  # not JSON (a set, an object): convert without the memo
-        return to_tool_spec(tool)
-    spec = _SPEC_CACHE.get(key)
-    if spec is None:
-        spec = to_tool_spec(tool)
-        if len(_SPEC_CACHE) >= _SPEC_CACHE_MAX:
-            _SPEC_CACHE.clear()
-        _SPEC_CACHE[key] = spec
-        # the canonical form converts to itself, so it needs no second conversion later
-        _SPEC_CACHE.setdefault(json.dumps(spec.to_dict(), ensure_ascii=False), spec)
-    return spec
-
-
 def example_specs(example: dict[str, Any]) -> list:
     """The example's tools as `ToolSpec`s (raises `ToolSchemaError` on a bad tool)."""
-    return [tool_spec(tool) for tool in example["tools"]]
+    from needle_core.schema import to_tool_spec
+
+    return [to_tool_spec(tool) for tool in example["tools"]]
 
 
 def validate_example(example: Any) -> list[str]:
@@ -106,7 +83,7 @@ def validate_example(example: Any) -> list[str]:
     stored arguments are already the coerced ones).
     """
     from needle_core.errors import ToolCallError, ToolSchemaError
-    from needle_core.schema import validate_call
+    from needle_core.schema import to_tool_spec, validate_call
 
     if not isinstance(example, dict):
         return [f"example must be a JSON object, got {type(example).__name__}"]
@@ -129,7 +106,7 @@ def validate_example(example: Any) -> list[str]:
     specs = []
     for i, tool in enumerate(example["tools"]):
         try:
-            spec = tool_spec(tool)
+            spec = to_tool_spec(tool)
         except ToolSchemaError as exc:
             problems.append(f"tools[{i}]: {exc}")
             continue

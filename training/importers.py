@@ -51,7 +51,8 @@ from urllib.parse import parse_qs, unquote, unquote_plus
 from tqdm.auto import tqdm
 
 from needle_core.errors import ToolCallError, ToolSchemaError
-from training.data import iter_jsonl, tool_spec, validate_example, write_jsonl
+from needle_core.schema import to_tool_spec
+from training.data import iter_jsonl, validate_example, write_jsonl
 
 DEFAULT_DATA_DIR = "../shared/data"
 SAMPLES_PER_REASON = 3
@@ -229,7 +230,7 @@ def function_dict(name: str, description: str, properties: dict[str, dict], requ
 def canonical_tool(raw: dict) -> dict:
     """Any tool dict `to_tool_spec` accepts -> canonical dict; `Reject` on a schema error."""
     try:
-        return tool_spec(raw).to_dict()
+        return to_tool_spec(raw).to_dict()
     except ToolSchemaError as exc:
         raise Reject("tool schema not convertible", str(exc)) from None
     except (TypeError, ValueError, KeyError) as exc:  # a malformed dict the converter did not name
@@ -355,7 +356,7 @@ def make_example(*, messages: list[dict], tools: list[dict], calls: list[dict], 
     names = [t["name"] for t in tools]
     if len(set(names)) != len(names):
         raise Reject("duplicate tool names", ", ".join(sorted({n for n in names if names.count(n) > 1})))
-    specs = [tool_spec(t) for t in tools]
+    specs = [to_tool_spec(t) for t in tools]
     for msg in messages:
         if msg["role"] == "assistant" and msg.get("tool_calls"):
             coerced = checked_calls([(c["name"], c["arguments"]) for c in msg["tool_calls"]], specs, "history call")
