@@ -566,6 +566,10 @@ def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = N
         if call["name"] not in names:
             raise DecodeError(f"tool {call['name']!r} was not rendered")
         tool = names.index(call["name"])
+        if not decoder.allowed()[1][decoder.r.tool_pos[tool]]:
+            why = ("a required argument cannot be formed from the input" if not decoder.tool_feasible(tool)
+                   else f"no call may follow here (max_calls={decoder.max_calls})")
+            raise DecodeError(f"{why}: tool {call['name']!r}")
         emit(N_STRUCT + decoder.r.tool_pos[tool])
         _encode_object(decoder, decoder.specs[tool].parameters, (), tool, call.get("arguments") or {}, emit, stats)
     emit(STOP)

@@ -207,6 +207,15 @@ def test_value_not_in_request_cannot_be_encoded():
         )
 
 
+def test_call_of_an_unstartable_tool_names_the_reason():
+    """The tool's required integer is nowhere in the request, so the tool cannot even be chosen:
+    the error says why (not just "action not allowed"), and featurize counts it under one reason."""
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris"}], [WEATHER])
+    call = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+    with pytest.raises(DecodeError, match=r"^a required argument cannot be formed from the input: tool 'get_weather'"):
+        encode_calls(CallDecoder(rendered, [WEATHER]), [call])
+
+
 @pytest.mark.parametrize(
     "text,value",
     [

@@ -58,3 +58,11 @@ def test_features_without_a_split_warn_and_split_by_row():
         val, train = split_features(FeatureSet(rows), 0.1)
     assert len(val) == 2 and len(train) == len(CITIES) - 2
     assert "is_val" not in rows and np.all(FeatureSet(rows).lengths() > 0)
+
+
+def test_unusable_examples_are_counted_by_reason_not_by_name():
+    invented = [example(i, c) for i, c in enumerate(CITIES[:3])]
+    for ex in invented:  # the teacher answered with a city the request never names
+        ex["calls"][0]["arguments"]["city"] = "Atlantis"
+    rows, stats = featurize_all(invented, progress=False)
+    assert len(rows["ids_off"]) == 1 and stats == {"skipped: required argument … cannot be formed from the input": 3}

@@ -8,6 +8,7 @@ machine in a few megabytes.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -36,7 +37,8 @@ def featurize(example: dict, renderer: Renderer, stats: Counter) -> dict | None:
     try:
         actions, kinds = encode_calls(decoder, calls, stats)
     except DecodeError as exc:
-        stats[f"skipped: {str(exc).split(':')[0]}"] += 1
+        reason = re.sub(r"'[^']*'", "…", str(exc).split(":")[0])  # one count per reason, not per name
+        stats[f"skipped: {reason}"] += 1
         return None
     stats["kept"] += 1
     return {"ids": np.asarray(rendered.ids, np.uint16), "pos_type": np.asarray(rendered.pos_type, np.uint8),
