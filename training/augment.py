@@ -458,11 +458,14 @@ def _fan_out_candidates(ex: dict, user: str) -> list[tuple[str, Any]]:
     """Arguments whose value stands exactly once in the request: strings of a known kind, numbers."""
     call = ex["calls"][0]
     out = [(k, v) for k, v in _substitutable(ex) if len(_word_pattern(v).findall(user)) == 1]
-    for key, value in call["arguments"].items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-            if len(_word_pattern(str(value)).findall(user)) == 1:
-                out.append((key, value))
+    out += [(key, value) for key, value in call["arguments"].items() if _lone_number(value, user)]
     return out
+
+
+def _lone_number(value: Any, text: str) -> bool:
+    """A non-negative number argument written exactly once in ``text``: one edit of the text changes it."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+            and len(_word_pattern(str(value)).findall(text)) == 1)
 
 
 def _other_values(key: str, value: Any, ctx: _Context, rng: random.Random, n: int, text: str) -> list:
@@ -507,15 +510,12 @@ def substitute_numbers(ex: dict, ctx: _Context, rng: random.Random) -> dict | No
     message, call = new["messages"][0], new["calls"][0]
     changed = False
     for key, value in ex["calls"][0]["arguments"].items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            continue
-        pattern = _word_pattern(str(value))
-        if len(pattern.findall(message["content"])) != 1:
+        if not _lone_number(value, message["content"]):
             continue
         other = _other_values(key, value, ctx, rng, 1, message["content"])[0]
         if str(other) in message["content"]:
             continue
-        message["content"] = pattern.sub(lambda _: str(other), message["content"], count=1)
+        message["content"] = _word_pattern(str(value)).sub(lambda _: str(other), message["content"], count=1)
         call["arguments"][key] = other
         changed = True
     return new if changed else None
