@@ -14,6 +14,7 @@ training targets; `greedy_decode_batch` is the shared decoding loop.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -455,7 +456,15 @@ class CallDecoder:
             raise AssertionError("value delivered with no frame waiting")
 
     def calls(self) -> list[dict]:
-        return list(self.stack[0].calls)
+        """The decoded calls, each distinct call once: repeating an identical call is never an
+        answer (none of the 8,419 recorded teacher answers does; the teacher filter drops them)."""
+        out, seen = [], set()
+        for call in self.stack[0].calls:
+            key = json.dumps([call["name"], call["arguments"]], sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                out.append(call)
+        return out
 
 
 # ---- the shared decoding loop ----------------------------------------------------------------------

@@ -199,6 +199,16 @@ def test_exact_text_is_copied_back():
     assert decoder.calls() == [call]
 
 
+def test_an_identical_call_is_returned_once():
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for 3 days, and in Rome for 3 days"}],
+                               [WEATHER])
+    paris = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+    rome = {"name": "get_weather", "arguments": {"city": "Rome", "days": 3}}
+    decoder = CallDecoder(rendered, [WEATHER])
+    encode_calls(decoder, [paris, paris, rome])
+    assert decoder.done and decoder.calls() == [paris, rome]
+
+
 def test_value_not_in_request_cannot_be_encoded():
     rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for 3 days"}], [WEATHER])
     with pytest.raises(DecodeError, match="city"):

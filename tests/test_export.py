@@ -207,21 +207,49 @@ def test_older_export_format_is_refused_clearly(exported, tmp_path):
         OnnxEngine(old, threads=1)
 
 
-def test_int8_keeps_outlier_projections_weight_only(exported, tmp_path):
-    """int8 leaves the FFN output projections of the first encoder layers with fp32 activations."""
+def test_mixed_precision_is_int8_encoder_with_column_scales_and_int4_decoder(exported, tmp_path):
+    """``mixed`` (the default): dynamic int8 encoder whose MatMul weights carry one scale per
+    output column, and a 4-bit (MatMulNBits) decoder; the engine loads it."""
     import onnx
+    from onnx import numpy_helper
 
-    from training.export import INT8_WEIGHT_ONLY_FFN_LAYERS, outlier_matmuls, quantize
+    from training.export import DEFAULT_PRECISION, quantize
 
-    names = outlier_matmuls(Path(exported["fp32"]) / "encoder.onnx")
-    assert len(names) == len([i for i in INT8_WEIGHT_ONLY_FFN_LAYERS if i < 2])  # the tiny model has 2 layers
-    out = quantize(exported["fp32"], str(tmp_path / "int8"), "int8")
-    graph = onnx.load(str(out / "encoder.onnx")).graph
-    weights = {n.input[1] for n in graph.node if n.name in names and n.op_type == "MatMul"}
-    assert len(weights) == len(names)  # still plain MatMuls (not dynamically quantized) ...
-    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    assert weights <= dequantized  # ... whose weights are int8 in the file
-    OnnxEngine(out, threads=1)
+    assert DEFAULT_PRECISION == "mixed"
+    out = quantize(exported["fp32"], str(tmp_path / "mixed"), "mixed")
+    encoder = onnx.load(str(out / "encoder.onnx")).graph
+    assert any(n.op_type == "MatMulInteger" for n in encoder.node)
+    assert not any(n.op_type == "MatMulNBits" for n in encoder.node)
+    weights = {n.input[1] for n in encoder.node if n.op_type == "MatMulInteger"}
+    scales = {i.name: numpy_helper.to_array(i) for i in encoder.initializer}
+    column_scales = [scales[w.removesuffix("_quantized") + "_scale"] for w in weights if w.endswith("_quantized")]
+    assert column_scales and all(s.ndim == 1 and s.size > 1 for s in column_scales)
+    decoder = onnx.load(str(out / "decoder.onnx")).graph
+    assert any(n.op_type == "MatMulNBits" for n in decoder.node)
+    engine = OnnxEngine(out, threads=1)
+    assert engine.meta["precision"] == "mixed"
+
+
+def test_agreement_with_fp32_compares_calls_on_canonical_requests(exported, tmp_path):
+    from training.data import write_jsonl
+    from training.export import agreement_with_fp32, quantize
+
+    tool = {"name": "get_weather", "description": "Weather for a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+    data = tmp_path / "requests.jsonl"
+    write_jsonl(data, [{"messages": [{"role": "user", "content": f"weather in {city}"}], "tools": [tool], "calls": []}
+                       for city in ("Paris", "Rome", "Oslo")])
+    assert agreement_with_fp32(exported["fp32"], exported["fp32"], [str(data)]) == {"requests": 3, "agreement": 1.0}
+    int8 = quantize(exported["fp32"], str(tmp_path / "int8"), "int8")
+    report = agreement_with_fp32(exported["fp32"], int8, [str(data)], n=2)
+    assert report["requests"] == 2 and report["agreement"] in (0.0, 0.5, 1.0)
+
+
+def test_unknown_precision_is_refused(exported, tmp_path):
+    from training.export import quantize
+
+    with pytest.raises(ValueError, match="unknown precision 'int2'.*mixed"):
+        quantize(exported["fp32"], str(tmp_path / "x"), "int2")
 
 
 def test_forced_steps_fed_together_equal_one_at_a_time(engines, cases, monkeypatch):

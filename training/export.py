@@ -7,7 +7,7 @@ than optimum for a custom architecture):
   cross-attention keys/values, and the pointer keys, all computed once per request;
 * ``decoder.onnx``: one decoding step with a self-attention KV cache.
 
-Then ``quantize`` writes int8 (dynamic) or int4 (weight-only MatMulNBits) copies, and
+Then ``quantize`` writes int8 (dynamic), int4 (weight-only MatMulNBits) or mixed copies, and
 ``write_manifest`` records the SHA-256 of every file so the engine refuses tampered weights.
 """
 from __future__ import annotations
@@ -138,36 +138,29 @@ def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
     return out
 
 
+# Per graph, what each precision stores. int8 is dynamic quantization with one int8 scale per
+# weight column (per-tensor weight scales moved 10% of the calls of 400 training-source requests
+# away from fp32's; per column: 6%); ONNX Runtime runs it with the CPU's int8 matrix units
+# (AMX/VNNI), so the encoder runs ~2.5x faster than at int4, whose 4-bit kernels are slower than
+# fp32 here. The decoder's one-row steps are bound by reading weights, where 4 bits win.
+# ``mixed`` takes the faster kind for each graph (README, "Precision").
+PRECISIONS = {"fp32": {"encoder.onnx": "fp32", "decoder.onnx": "fp32"},
+              "int8": {"encoder.onnx": "int8", "decoder.onnx": "int8"},
+              "int4": {"encoder.onnx": "int4", "decoder.onnx": "int4"},
+              "mixed": {"encoder.onnx": "int8", "decoder.onnx": "int4"}}
+DEFAULT_PRECISION = "mixed"
+
+
 def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx", "decoder.onnx")) -> Path:
-    """int8: dynamic quantization of every MatMul/Gemm and embedding (`outlier_matmuls` by weight
-    only); int4: weight-only 4-bit MatMuls (MatMulNBits, blocks of 32) with int8 embeddings."""
+    """Write ``graphs`` of an fp32 export at ``precision`` (`PRECISIONS`): int8 = dynamic int8
+    MatMuls and embeddings, weights per column; int4 = weight-only 4-bit MatMuls (MatMulNBits,
+    blocks of 32) with int8 embeddings."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     src, dst = Path(src_dir), Path(dst_dir)
     dst.mkdir(parents=True, exist_ok=True)
     for name in graphs:
-        if precision == "int8":
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-
-            outliers = outlier_matmuls(src / name)
-            quantize_dynamic(str(src / name), str(dst / name), weight_type=QuantType.QInt8, nodes_to_exclude=outliers)
-            int8_weights_only(dst / name, outliers)
-        elif precision == "int4":
-            # embeddings (Gather) as int8, every MatMul weight as 4-bit blocks of 32 (MatMulNBits)
-            import onnx
-            from onnxruntime.quantization import QuantType, quantize_dynamic
-            from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
-                                                                         MatMulNBitsQuantizer)
-
-            gathered = dst / f"_gather_{name}"
-            quantize_dynamic(str(src / name), str(gathered), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
-            qcfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
-            quant = MatMulNBitsQuantizer(onnx.load(str(gathered)), algo_config=qcfg)
-            quant.process()
-            quant.model.save_model_to_file(str(dst / name), False)
-            gathered.unlink()
-        elif precision == "fp32":
-            shutil.copy(src / name, dst / name)
-        else:
-            raise ValueError(f"unknown precision {precision!r} (fp32, int8, int4)")
+        quantize_graph(src / name, dst / name, PRECISIONS[precision][name])
     meta = json.loads((src / "needle.json").read_text())
     meta["precision"] = precision
     (dst / "needle.json").write_text(json.dumps(meta, indent=1))
@@ -176,53 +169,53 @@ def quantize(src_dir: str, dst_dir: str, precision: str, graphs=("encoder.onnx",
     return dst
 
 
-# Dynamic int8 quantizes each activation tensor with one scale; the GELU outputs entering the FFN
-# output projection of the first encoder layers have outliers that this scale crushes. Those
-# projections keep fp32 activations and int8 weights (dequantized in the graph): agreement with
-# the fp32 model's calls rose from 0.89 to 0.96 on 400 training-source requests, for ~2 ms per
-# request and 2 MB (README, "Precision").
-INT8_WEIGHT_ONLY_FFN_LAYERS = (0, 1, 2)
+def quantize_graph(src: Path, dst: Path, kind: str) -> None:
+    """One ONNX graph at ``kind`` (fp32, int8 or int4)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if kind == "fp32":
+        shutil.copy(src, dst)
+    elif kind == "int8":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    elif kind == "int4":
+        import onnx
+        from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+        gathered = dst.with_name(f"_gather_{dst.name}")  # embeddings (Gather) as int8 first
+        quantize_dynamic(str(src), str(gathered), weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"])
+        qcfg = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
+        quant = MatMulNBitsQuantizer(onnx.load(str(gathered)), algo_config=qcfg)
+        quant.process()
+        quant.model.save_model_to_file(str(dst), False)
+        gathered.unlink()
+    else:
+        raise ValueError(f"unknown graph precision {kind!r}")
 
 
-def outlier_matmuls(graph_path: Path) -> list[str]:
-    """Names of the MatMuls that int8 quantizes by weight only (see `INT8_WEIGHT_ONLY_FFN_LAYERS`)."""
-    import onnx
+def agreement_with_fp32(fp32_dir: str | Path, quantized_dir: str | Path, data_paths: list[str], n: int = 400,
+                        seed: int = 7) -> dict:
+    """Share of ``n`` requests (shuffled with ``seed``) on which the quantized model makes exactly
+    the fp32 model's calls: how far quantization moves decisions, without any benchmark data."""
+    import random
 
-    wanted = tuple(f"layer.{i}/output/dense/MatMul" for i in INT8_WEIGHT_ONLY_FFN_LAYERS)
-    return [n.name for n in onnx.load(str(graph_path)).graph.node if n.op_type == "MatMul" and n.name.endswith(wanted)]
+    from tqdm.auto import tqdm
 
+    from needle_core.api import Needle
+    from training.calibrate import same_calls
+    from training.data import read_jsonl
 
-def int8_weights_only(graph_path: Path, node_names: list[str]) -> None:
-    """Store these MatMuls' constant weights as int8 per output channel, dequantized by a
-    ``DequantizeLinear`` node in front (fp32 activations, a quarter of the bytes)."""
-    import numpy as np
-    import onnx
-    from onnx import helper, numpy_helper
-
-    if not node_names:
-        return
-    model = onnx.load(str(graph_path))
-    graph = model.graph
-    weights = {node.input[1] for node in graph.node if node.name in node_names}
-    kept, added, dequantize = [], [], []
-    for init in graph.initializer:
-        if init.name not in weights:
-            kept.append(init)
-            continue
-        w = numpy_helper.to_array(init)  # [in, out]
-        scale = np.maximum(np.abs(w).max(axis=0), 1e-12).astype(np.float32) / 127
-        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
-        names = (f"{init.name}_int8", f"{init.name}_scale", f"{init.name}_zero")
-        added += [numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1]),
-                  numpy_helper.from_array(np.zeros(q.shape[1], np.int8), names[2])]
-        dequantize.append(helper.make_node("DequantizeLinear", list(names), [init.name], axis=1,
-                                           name=f"{init.name}_dequantize"))
-    del graph.initializer[:]
-    graph.initializer.extend(kept + added)
-    nodes = dequantize + list(graph.node)
-    del graph.node[:]
-    graph.node.extend(nodes)
-    onnx.save(model, str(graph_path))
+    examples = [ex for p in data_paths for ex in read_jsonl(p)]
+    random.Random(seed).shuffle(examples)
+    examples = examples[:n]
+    if not examples:
+        raise ValueError(f"no requests in {', '.join(map(str, data_paths))}")
+    answers = []
+    for model_dir in (fp32_dir, quantized_dir):
+        needle = Needle(model_dir, threads=1)
+        answers.append([[{"name": c.name, "arguments": c.arguments} for c in needle.call(ex["messages"], ex["tools"]).calls]
+                        for ex in tqdm(examples, desc=f"agreement: {Path(model_dir).name}", mininterval=2)])
+    same = sum(same_calls(a, b) for a, b in zip(*answers))
+    return {"requests": len(examples), "agreement": same / len(examples)}
 
 
 def write_manifest(model_dir: str | Path) -> None:
@@ -238,7 +231,12 @@ def write_manifest(model_dir: str | Path) -> None:
 def add_arguments(parser) -> None:
     parser.add_argument("checkpoint", help="a checkpoint folder written by needle train")
     parser.add_argument("--out", required=True, help="folder for the ONNX model")
-    parser.add_argument("--precision", choices=["fp32", "int8", "int4"], default="int8")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default=DEFAULT_PRECISION,
+                        help="mixed (default): int8 encoder, int4 decoder; see README, Precision")
+    parser.add_argument("--agreement", nargs="+", metavar="JSONL",
+                        help="also report how often the quantized model makes exactly fp32's calls on requests "
+                             "from these canonical files (training sources, never BFCL)")
+    parser.add_argument("--agreement-n", type=int, default=400, help="requests for --agreement (default 400)")
 
 
 def run(args) -> int:
@@ -248,6 +246,10 @@ def run(args) -> int:
         write_manifest(fp32_dir)
     else:
         quantize(str(fp32_dir), args.out, args.precision)
+        if args.agreement:
+            write_manifest(fp32_dir)
+            report = agreement_with_fp32(fp32_dir, args.out, args.agreement, n=args.agreement_n)
+            print(f"{args.precision} makes fp32's calls on {report['agreement']:.1%} of {report['requests']} requests")
         shutil.rmtree(fp32_dir)
     print(f"wrote {args.precision} model to {args.out}")
     return 0
