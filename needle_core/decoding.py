@@ -221,10 +221,29 @@ class CallDecoder:
             ends.append(e)
         return ends
 
+    def unit_cuts(self, s: int, limit: int) -> list[int]:
+        """Span ends from ``s`` where digits meet a unit glued to them: "6cm", "100µF", "12.5km/h"
+        hold 6, 100 and 12.5, which word-aligned spans cannot give. Never inside the digits of
+        one number ("1,000", "3.5", a number split into several tokens)."""
+        r = self.r
+        if not r.word_start[s]:
+            return []
+        cuts = []
+        for e in range(s, min(s + limit, self.L - 1)):
+            if r.segment[e + 1] != r.segment[s]:
+                break
+            if r.word_start[e + 1]:
+                continue  # a word end: word_ends has it
+            after = r.span_text(e + 1, e + 1)[:1]
+            if r.span_text(s, e)[-1:].isdigit() and after and not after.isdigit() and after not in ".,":
+                cuts.append(e)
+        return cuts
+
     def _number_spans(self) -> list[tuple[int, int, str]]:
         cached = self._valid_spans_cache.get("numbers")
         if cached is None:
-            cached = [(int(s), e, text) for s in self.text_pos for e in self.word_ends(int(s), 8)
+            cached = [(int(s), e, text) for s in self.text_pos
+                      for e in sorted(self.unit_cuts(int(s), 8) + self.word_ends(int(s), 8))
                       if parse_number(text := self.r.span_text(int(s), e)) is not None]
             self._valid_spans_cache["numbers"] = cached
         return cached

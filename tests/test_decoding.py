@@ -271,3 +271,20 @@ def test_forced_actions_skip_the_model_and_keep_the_call():
     assert calls == [call]
     assert steps == len(actions) and fed == [-1] + actions[:-1]  # every step fed exactly once, in order
     assert len(runs) < steps and max(runs) > 1 and logp > -1e-6
+
+
+def test_numbers_glued_to_units_are_values():
+    """"6cm" holds 6 and "12.5km/h" 12.5; the digits of one number are never cut."""
+    spec = to_tool_spec({"name": "f", "description": "d", "parameters": {
+        "type": "object", "properties": {"n": {"type": "number"}}, "required": ["n"]}})
+
+    def numbers(text):
+        decoder = CallDecoder(RENDERER.render([{"role": "user", "content": text}], [spec]), [spec])
+        return {value for _, _, value in decoder._number_spans()}
+
+    assert {"6", "10", "12.5"} <= numbers("a 6cm by 10cm tile at 12.5km/h")
+    assert numbers("deposit 12345678 dollars") == {"12345678"}  # several word pieces, one number
+    assert "1,000" in numbers("1,000m")
+    calls = CallDecoder(RENDERER.render([{"role": "user", "content": "a 6cm tile"}], [spec]), [spec])
+    encode_calls(calls, [{"name": "f", "arguments": {"n": 6}}])
+    assert calls.calls() == [{"name": "f", "arguments": {"n": 6}}]
