@@ -237,6 +237,9 @@ def test_call_of_an_unstartable_tool_names_the_reason():
         ("2e3", 2000.0),
         ("abc", None),
         ("1,00", None),
+        ("19th", 19),
+        ("2nd", 2),
+        ("4x", None),
     ],
 )
 def test_parse_number(text, value):
@@ -288,3 +291,37 @@ def test_numbers_glued_to_units_are_values():
     calls = CallDecoder(RENDERER.render([{"role": "user", "content": "a 6cm tile"}], [spec]), [spec])
     encode_calls(calls, [{"name": "f", "arguments": {"n": 6}}])
     assert calls.calls() == [{"name": "f", "arguments": {"n": 6}}]
+
+
+def test_stopping_is_kept_when_it_beats_the_further_calls(monkeypatch):
+    """At each point between calls, stopping is remembered; a further call that is less likely
+    than stopping there (its own arguments included) is not returned."""
+    import needle_core.decoding as decoding
+    from needle_core.callformat import K_CALL, PT_TEXT, STOP
+
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris or Rome for 3 days"}], [WEATHER])
+    word = {rendered.span_text(p, p).lower(): p for p in range(len(rendered.ids)) if rendered.pos_type[p] == PT_TEXT}
+    tool = N_STRUCT + rendered.tool_pos[0]
+    boundaries = []
+
+    def step_fn(prev, kinds):
+        """Call for sure, then a second call at 0.55 against stopping at 0.45, whose city is a guess."""
+        logits = np.zeros((1, N_STRUCT + len(rendered.ids)))
+        if kinds[0, -1] == K_CALL:
+            boundaries.append(True)
+            stop, call = {1: (-9.0, 0.0), 2: (np.log(0.45), np.log(0.55))}.get(len(boundaries), (9.0, 0.0))
+            logits[0, STOP], logits[0, tool] = stop, call
+        elif len(boundaries) == 1:
+            logits[0, N_STRUCT + word["paris"]] = 9.0
+        else:
+            logits[0, N_STRUCT + word["rome"]] = 0.5
+        return logits
+
+    decoded = {}
+    for rescore in (False, True):
+        monkeypatch.setattr(decoding, "RESCORE_STOPS", rescore)
+        boundaries.clear()
+        (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [WEATHER])], step_fn)
+        decoded[rescore] = [c["arguments"]["city"] for c in calls]
+    assert decoded[False] == ["Paris", "Rome"]
+    assert decoded[True] == ["Paris"]
