@@ -66,3 +66,19 @@ def test_unusable_examples_are_counted_by_reason_not_by_name():
         ex["calls"][0]["arguments"]["city"] = "Atlantis"
     rows, stats = featurize_all(invented, progress=False)
     assert len(rows["ids_off"]) == 1 and stats == {"skipped: required argument … cannot be formed from the input": 3}
+
+
+def test_concat_of_packed_features_equals_packing_all_rows():
+    from training.features import concat, pack
+
+    rng = np.random.default_rng(0)
+
+    def rows(n):
+        return [{k: rng.integers(0, 50, rng.integers(1, 6)).astype(np.int16)
+                 for k in ("ids", "pos_type", "actions", "kinds")} for _ in range(n)]
+
+    first, second = rows(5), rows(3)
+    joined, whole = concat([pack(first), pack(second)]), pack(first + second)
+    assert joined.keys() == whole.keys()
+    for key in whole:
+        np.testing.assert_array_equal(joined[key], whole[key])

@@ -66,6 +66,17 @@ def pack(rows: list[dict]) -> dict:
     return out
 
 
+def concat(packed_sets: list[dict]) -> dict:
+    """Packed features one after another (no unpacking into rows)."""
+    out = {}
+    for key in ("ids", "pos_type", "actions", "kinds"):
+        out[key] = np.concatenate([p[key] for p in packed_sets])
+        starts = np.cumsum([0] + [p[key + "_off"][-1] for p in packed_sets[:-1]])
+        out[key + "_off"] = np.concatenate([packed_sets[0][key + "_off"][:1]] +
+                                           [p[key + "_off"][1:] + start for p, start in zip(packed_sets, starts)])
+    return out
+
+
 def save_features(path: str, packed: dict) -> None:
     np.savez_compressed(path, **packed)
 

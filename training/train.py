@@ -313,7 +313,7 @@ def prepare_features(data_paths: list[str], out_path: str, augment_factor: int =
     the training loop validates on their features and `needle calibrate` can fit on them, both
     on requests the model never trained on in any augmented form."""
     from training.data import read_jsonl, split_by_request, write_jsonl
-    from training.features import featurize_all, pack, save_features
+    from training.features import concat, featurize_all, save_features
 
     examples = [ex for p in data_paths for ex in read_jsonl(p)]
     train_examples, heldout = split_by_request(examples, val_fraction, salt="validation")
@@ -326,9 +326,8 @@ def prepare_features(data_paths: list[str], out_path: str, augment_factor: int =
         heldout = augment(heldout, factor=augment_factor, seed=seed + 1, pool=pool)
     packed, stats = featurize_all(train_examples)
     packed_val, stats_val = featurize_all(heldout)
-    train_set, val_set = FeatureSet(packed), FeatureSet(packed_val)
-    merged = pack([train_set.row(i) for i in range(len(train_set))] + [val_set.row(i) for i in range(len(val_set))])
-    merged["is_val"] = np.repeat(np.array([0, 1], np.uint8), [len(train_set), len(val_set)])
+    merged = concat([packed, packed_val])
+    merged["is_val"] = np.repeat(np.array([0, 1], np.uint8), [len(FeatureSet(packed)), len(FeatureSet(packed_val))])
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     save_features(out_path, merged)
     stats.update({f"held out: {k}": v for k, v in stats_val.items()})
