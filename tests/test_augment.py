@@ -109,6 +109,11 @@ def test_augment_recorded_data(recorded, pool):
             assert all(c["name"] == base["name"] for c in e["calls"])
             changed = [k for c in e["calls"][1:] for k in c["arguments"] if c["arguments"][k] != base["arguments"][k]]
             assert len(set(changed)) == 1, "one argument fans out, the others stay"
+        elif kind == "zip":
+            base = originals[e["id"].rsplit("~", 1)[0]]["calls"][0]
+            assert 2 <= len(e["calls"]) <= 3 and e["calls"][0] == base
+            changed = {k for c in e["calls"][1:] for k in c["arguments"] if c["arguments"][k] != base["arguments"][k]}
+            assert 1 <= len(changed) <= 2, "one or two arguments change together"
         elif kind == "repeat":
             base = originals[e["id"].rsplit("~", 1)[0]]["calls"][0]
             assert len(e["calls"]) == 2 and e["calls"][0] == base and e["calls"][1] != base
@@ -174,6 +179,32 @@ def test_repeat_says_the_request_twice_with_other_values(pool):
             for value in call["arguments"].values():
                 assert str(value) in text
     assert A.repeat(SYNTHETIC[3], ctx, rng) is None  # no call: nothing to repeat
+
+
+def test_zip_changes_two_arguments_together(pool):
+    bmi = tool("bmi", {"height": {"type": "integer"}, "weight": {"type": "integer"}})
+    base = ex(7, "Compute the BMI for a height of 180 cm and a weight of 75 kg.", [bmi],
+              [{"name": "bmi", "arguments": {"height": 180, "weight": 75}}])
+    ctx = ctx_for(SYNTHETIC + [base], pool)
+    made = [m for m in (A.zip_values(base, ctx, random.Random(seed)) for seed in range(30)) if m]
+    styles = Counter("respectively" in m["messages"][0]["content"] for m in made)
+    assert styles[True] and styles[False], "both wordings are made"
+    for m in made:
+        assert validate_example(m) == []
+        text = m["messages"][0]["content"]
+        first, *later = m["calls"]
+        assert first == base["calls"][0] and 1 <= len(later) <= 2
+        for call in later:
+            assert call["name"] == "bmi" and all(call["arguments"][k] != first["arguments"][k] for k in ("height", "weight"))
+        values = [str(v) for c in m["calls"] for v in c["arguments"].values()]
+        assert len(set(values)) == len(values) and all(v in text for v in values)
+        if "respectively" in text:
+            heights = [str(c["arguments"]["height"]) for c in m["calls"]]
+            listed = " and ".join(heights) if len(heights) == 2 else f"{heights[0]}, {heights[1]} and {heights[2]}"
+            assert text.endswith(" respectively.") and f"height of {listed} cm" in text
+        else:
+            assert text.startswith("Compute the BMI for a height of 180 cm and a weight of 75 kg")
+    assert A.zip_values(SYNTHETIC[3], ctx, random.Random(0)) is None  # no call: nothing to change
 
 
 def test_rename_is_consistent(pool):

@@ -50,8 +50,8 @@ STOPWORDS = frozenset((
 ))
 
 # variant kinds and their weights
-KINDS = ("variant", "negative", "merge", "fan_out", "repeat")
-KIND_WEIGHTS = (0.55, 0.15, 0.10, 0.10, 0.10)
+KINDS = ("variant", "negative", "merge", "fan_out", "repeat", "zip")
+KIND_WEIGHTS = (0.50, 0.14, 0.08, 0.10, 0.08, 0.10)
 MAX_TOOLS = 8  # keeps the rendered input inside the model's 512 positions
 
 
@@ -503,6 +503,55 @@ def fan_out(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     return new
 
 
+_AGAIN = ("{request}, then do the same with {values}.", "{request}. Also for {values}.",
+          "{request}, and again with {values}.", "{request}. Repeat it with {values}.")
+
+
+def zip_values(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """One call -> the same tool called again with two arguments changed together, said compactly:
+    "20 minutes of Taylor Swift" becomes "20 and 15 minutes of Taylor Swift and Maroon 5
+    respectively", or the change is said after the request ("..., then do the same with Maroon 5
+    and 15"). Each later call's values are other spans of the one request: BFCL's parallel
+    requests are worded like this, and neither fan_out nor repeat says it."""
+    if not (_user_only(ex) and len(ex["calls"]) == 1 and len(ex["messages"]) == 1):
+        return None
+    user = ex["messages"][0]["content"]
+    candidates = list({k: (k, v) for k, v in _fan_out_candidates(ex, user)}.values())
+    if not candidates:
+        return None
+    chosen = rng.sample(candidates, min(2, len(candidates)))
+    spans = sorted((_word_pattern(str(v)).search(user).span(), k, v) for k, v in chosen)
+    if len(spans) == 2 and spans[0][0][1] > spans[1][0][0]:
+        return None  # one value inside the other
+    respectively = len(spans) == 2 and rng.random() < 0.5
+    n = rng.choice((1, 1, 2)) if respectively else 1
+    extra = {k: _other_values(k, v, ctx, rng, n, user) for _, k, v in spans}
+    said = [str(w) for ws in extra.values() for w in ws] + [str(v) for _, _, v in spans]
+    if any(len(ws) < n for ws in extra.values()) or len(set(said)) < len(said) or any(
+            a != b and a in b for a in said for b in said) or any(str(w) in user for ws in extra.values() for w in ws):
+        return None  # every value must be a span of its own
+    cut = len(user.rstrip())  # the request without its closing mark (never inside a value)
+    while cut > spans[-1][0][1] and user[cut - 1] in ".!?":
+        cut -= 1
+    text, mark = user[:cut], user[cut:].strip()
+    if respectively:
+        for (start, end), k, v in reversed(spans):
+            quote = user[start - 1:start] if start and user[start - 1:start] in "\"'" else ""
+            if quote and user[end:end + 1] == quote:  # "A" -> "A" and "B", each value in its quotes
+                start, end = start - 1, end + 1
+            items = [f"{quote}{w}{quote}" if quote and user[end - 1:end] == quote else str(w) for w in [v] + extra[k]]
+            text = text[:start] + (" and ".join(items) if n == 1 else f"{items[0]}, {items[1]} and {items[2]}") + text[end:]
+        text = f"{text} respectively{mark or '.'}"
+    else:
+        text = rng.choice(_AGAIN).format(request=text, values=" and ".join(str(extra[k][0]) for _, k, _ in spans))
+    new = copy.deepcopy(ex)
+    new["messages"][0]["content"] = text
+    base = new["calls"][0]
+    new["calls"] = [base] + [{**copy.deepcopy(base), "arguments": {**base["arguments"], **{k: extra[k][i] for k in extra}}}
+                             for i in range(n)]
+    return new
+
+
 def substitute_numbers(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     """Give each non-negative number argument that stands exactly once in the request another
     value, in the text and the call (a value already in the text is never chosen)."""
@@ -551,7 +600,8 @@ def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
     return shuffle_order(new, ctx, rng)
 
 
-_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "fan_out": fan_out, "repeat": repeat}
+_MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "fan_out": fan_out, "repeat": repeat,
+           "zip": zip_values}
 
 
 # ---- the entry point ----------------------------------------------------------------------------
