@@ -183,6 +183,8 @@ class CallDecoder:
             self.named = names.index(tool_choice)
         self.stack: list = [_Calls()]
         self.used_starts: set[int] = set()  # span starts already used in the current call
+        self.call_starts: dict[tuple, set[int]] = {}  # (tool, path) -> span starts, current call
+        self.earlier_starts: dict[tuple, set[int]] = {}  # the same, over the calls already made
         self.steps = 0
         self.done = False
         self._allowed = None
@@ -403,7 +405,7 @@ class CallDecoder:
             tool = self.tool_of_pos[p]
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
-            self.used_starts = set()
+            self.used_starts, self.call_starts = set(), {}
             self.stack.append(obj)
         elif isinstance(top, _Object):
             if top.pending_key is not None:
@@ -433,6 +435,8 @@ class CallDecoder:
             self.stack.pop()
             if obj.is_call:
                 self.stack[-1].calls.append({"name": self.specs[obj.tool].name, "arguments": obj.value})
+                for key, starts in self.call_starts.items():
+                    self.earlier_starts.setdefault(key, set()).update(starts)
             else:
                 self._deliver(obj.value)
             return
@@ -465,6 +469,7 @@ class CallDecoder:
             self.stack.append(obj)
             return self._object_action(obj, action)
         self.used_starts.add(p)
+        self.call_starts.setdefault((tool, path), set()).add(p)
         self.stack.append(_Span(inner, p))
 
     def _deliver(self, value: Any) -> None:
@@ -477,6 +482,15 @@ class CallDecoder:
             top.pending_key = None
         else:
             raise AssertionError("value delivered with no frame waiting")
+
+    def starts_of_earlier_calls(self) -> set[int]:
+        """Span starts that earlier calls of this tool gave the value being formed now."""
+        top = self.stack[-1]
+        if isinstance(top, _Value):
+            return self.earlier_starts.get((top.tool, top.path), set())
+        if isinstance(top, _Array):
+            return self.earlier_starts.get((top.tool, top.path + (ITEMS,)), set())
+        return set()
 
     def calls_done(self) -> int | None:
         """How many calls are complete when the next action starts a call or stops, else None."""
@@ -512,6 +526,7 @@ def masked_log_softmax(logits: np.ndarray, struct: np.ndarray, pos: np.ndarray) 
 # call into no call (the first decision stays greedy).
 RESCORE_STOPS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
+REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 
 
 def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
@@ -570,6 +585,10 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                     # one span rarely answers two parameters of one call: prefer fresh spans
                     choice = scores.copy()
                     choice[[N_STRUCT + p for p in d.used_starts]] -= REUSE_PENALTY
+                repeated = d.starts_of_earlier_calls() if REPEAT_PENALTY and d.kind in (K_VALUE, K_ITEM) else ()
+                if repeated:
+                    choice = choice.copy() if choice is scores else choice
+                    choice[[N_STRUCT + p for p in repeated]] -= REPEAT_PENALTY
                 action = int(np.argmax(choice))
                 done = d.calls_done()
                 if RESCORE_STOPS and done and action != STOP and np.isfinite(scores[STOP]):

@@ -325,3 +325,37 @@ def test_stopping_is_kept_when_it_beats_the_further_calls(monkeypatch):
         decoded[rescore] = [c["arguments"]["city"] for c in calls]
     assert decoded[False] == ["Paris", "Rome"]
     assert decoded[True] == ["Paris"]
+
+
+def test_a_later_call_prefers_a_value_the_earlier_calls_did_not_use(monkeypatch):
+    """With the model leaning to the first call's city again, the second call takes the other
+    city (REPEAT_PENALTY); without the handicap it repeats Paris, and the repeat is dropped. The
+    days, said once, stay shared: a handicap, not a ban."""
+    import needle_core.decoding as decoding
+    from needle_core.callformat import K_CALL, PT_TEXT, STOP
+
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris and Rome for 3 days"}], [WEATHER])
+    word = {rendered.span_text(p, p).lower(): p for p in range(len(rendered.ids)) if rendered.pos_type[p] == PT_TEXT}
+    tool = N_STRUCT + rendered.tool_pos[0]
+    boundaries = []
+
+    def step_fn(prev, kinds):
+        """Two calls, then stop; every city choice favours Paris (3.0) over Rome (1.0)."""
+        logits = np.full((1, N_STRUCT + len(rendered.ids)), -9.0)
+        if kinds[0, -1] == K_CALL:
+            boundaries.append(True)
+            logits[0, STOP if len(boundaries) > 2 else tool] = 9.0
+        else:
+            logits[0, N_STRUCT + word["paris"]], logits[0, N_STRUCT + word["rome"]] = 3.0, 1.0
+            logits[0, :N_STRUCT] = 0.0  # END of the call, once its city is given
+        return logits
+
+    cities = {}
+    for penalty in (0.0, 4.0):
+        monkeypatch.setattr(decoding, "REPEAT_PENALTY", penalty)
+        boundaries.clear()
+        (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [WEATHER])], step_fn)
+        cities[penalty] = [c["arguments"]["city"] for c in calls]
+        assert all(c["arguments"]["days"] == 3 for c in calls)
+    assert cities[0.0] == ["Paris"]
+    assert cities[4.0] == ["Paris", "Rome"]
