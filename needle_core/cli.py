@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "distill": ("training.teachers", "label or synthesize examples with a LangChain teacher model"),
     "train": ("training.train", "train a student model from a config file"),
     "finetune": ("training.finetune", "continue training the bundled model on your own JSONL"),
-    "eval": ("training.evaluate", "evaluate a model (needle eval bfcl)"),
+    "eval": ("training.evaluate", "evaluate a model (needle eval bfcl, needle eval heldout)"),
     "export": ("training.export", "export a checkpoint to quantized ONNX for the engine"),
     "calibrate": ("training.calibrate", "fit the confidence calibration of a model folder"),
 }

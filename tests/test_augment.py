@@ -63,8 +63,7 @@ def recorded():
 
 
 def ctx_for(examples, pool):
-    return A._Context(pool=pool, source_tools={}, value_bank=A.build_value_bank(examples),
-                      singles=[e for e in examples if A._user_only(e) and len(e["calls"]) == 1], stats=Counter())
+    return A.make_context(examples, pool)
 
 
 def kind_of(example):

@@ -606,14 +606,10 @@ _MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "
 
 # ---- the entry point ----------------------------------------------------------------------------
 
-def augment(examples: list[dict], factor: int = 1, seed: int = 0, pool: ToolPool | None = None,
-            stats: Counter | None = None) -> list[dict]:
-    """The examples followed by ``factor`` augmented copies of each (fewer where a copy fails).
-
-    ``pool`` is a `ToolPool` (see `load_tool_pool`); by default the Seal-Tools pool under
-    ``../shared/data``, or the examples' own tools when that is not there. ``stats`` (a Counter)
-    receives what was made and what failed. Same examples + seed -> same output."""
-    stats = stats if stats is not None else Counter()
+def make_context(examples: list[dict], pool: ToolPool | None = None, stats: Counter | None = None) -> _Context:
+    """What the transforms draw from: ``pool`` (by default the Seal-Tools pool under
+    ``../shared/data``, or the examples' own tools when that is not there), the examples' tools
+    per source, their value bank and their single-call requests; ``stats`` counts what happens."""
     if pool is None:
         try:
             pool = load_tool_pool()
@@ -623,9 +619,35 @@ def augment(examples: list[dict], factor: int = 1, seed: int = 0, pool: ToolPool
     for ex in examples:
         for t in ex["tools"]:
             source_tools[ex["source"]].setdefault(t["name"], t)
-    ctx = _Context(pool=pool, source_tools={s: list(t.values()) for s, t in source_tools.items()},
-                   value_bank=build_value_bank(examples),
-                   singles=[ex for ex in examples if _user_only(ex) and len(ex["calls"]) == 1], stats=stats)
+    return _Context(pool=pool, source_tools={s: list(t.values()) for s, t in source_tools.items()},
+                    value_bank=build_value_bank(examples),
+                    singles=[ex for ex in examples if _user_only(ex) and len(ex["calls"]) == 1],
+                    stats=stats if stats is not None else Counter())
+
+
+def parallel_variants(examples: list[dict], copies: int = 6, seed: int = 11,
+                      kinds: tuple[str, ...] = ("fan_out", "repeat", "zip")) -> list[dict]:
+    """Up to ``copies`` variants of each example per kind of several-calls transform, ``id``
+    suffixed ``~kind`` like `augment`'s: a check of several calls of one tool built from
+    held-out requests, on which decoding choices are tuned instead of BFCL."""
+    ctx = make_context(examples)
+    out = []
+    for kind in kinds:
+        for k in range(copies):
+            rng = random.Random(seed + k)
+            for ex in examples:
+                new = _MAKERS[kind](ex, ctx, rng)
+                if new is not None and not validate_example(new):
+                    out.append({**new, "id": f"{ex['id']}~{kind}{k}"})
+    return out
+
+
+def augment(examples: list[dict], factor: int = 1, seed: int = 0, pool: ToolPool | None = None,
+            stats: Counter | None = None) -> list[dict]:
+    """The examples followed by ``factor`` augmented copies of each (fewer where a copy fails).
+
+    ``pool`` and ``stats``: see `make_context`. Same examples + seed -> same output."""
+    ctx = make_context(examples, pool, stats)
     rng = random.Random(seed)
     out = list(examples)
     for ex in examples:
@@ -633,13 +655,13 @@ def augment(examples: list[dict], factor: int = 1, seed: int = 0, pool: ToolPool
             kind = rng.choices(KINDS, KIND_WEIGHTS)[0]
             new = _MAKERS[kind](ex, ctx, rng)
             if new is None:
-                stats[f"not applicable: {kind}"] += 1
+                ctx.stats[f"not applicable: {kind}"] += 1
                 kind, new = "variant", make_variant(ex, ctx, rng)
             new["id"] = f"{new['id']}~{kind}{k}"
             problems = validate_example(new)
             if problems:
-                stats[f"failed validation: {kind}"] += 1
+                ctx.stats[f"failed validation: {kind}"] += 1
                 continue
-            stats[f"made: {kind}"] += 1
+            ctx.stats[f"made: {kind}"] += 1
             out.append(new)
     return out

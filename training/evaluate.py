@@ -623,16 +623,28 @@ def plot_accuracy(results: dict, path: str | os.PathLike) -> None:
 
 # ---- CLI -------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benchmark", choices=["bfcl"], help="benchmark to run (only bfcl for now)")
+    parser.add_argument("benchmark", choices=["bfcl", "heldout"],
+                        help="bfcl: BFCL v4 with the official checker; heldout: held-out training requests "
+                             "and several-calls variants of them (training/heldout_eval.py)")
     parser.add_argument("--model", default=None, metavar="DIR", help="model directory (default: the bundled model)")
     parser.add_argument("--categories", default=None, metavar="A,B",
                         help=f"comma-separated categories (default: all): {','.join(CATEGORIES)}")
     parser.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N requests per category")
-    parser.add_argument("--out", default=DEFAULT_OUT_DIR, metavar="DIR", help=f"output directory (default: {DEFAULT_OUT_DIR})")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help=f"output directory (default: {DEFAULT_OUT_DIR}, or runs/eval/heldout)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--data", default=None, metavar="FILE", help="heldout: the held-out requests (JSONL)")
+    parser.add_argument("--copies", type=int, default=6, metavar="N",
+                        help="heldout: variants per request and kind (default 6)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.benchmark == "heldout":
+        from training.heldout_eval import run_heldout
+
+        args.out = args.out or "runs/eval/heldout"
+        return run_heldout(args)
+    args.out = args.out or DEFAULT_OUT_DIR
     try:
         cats = _parse_categories(args.categories)
         load_ast_checker()
