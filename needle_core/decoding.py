@@ -182,7 +182,6 @@ class CallDecoder:
                 raise ValueError(f"tool_choice {tool_choice!r} is not among the tools: {', '.join(names)}")
             self.named = names.index(tool_choice)
         self.stack: list = [_Calls()]
-        self.used_starts: set[int] = set()  # span starts already used in the current call
         self.call_starts: dict[tuple, set[int]] = {}  # (tool, path) -> span starts, current call
         self.earlier_starts: dict[tuple, set[int]] = {}  # the same, over the calls already made
         self.steps = 0
@@ -405,7 +404,7 @@ class CallDecoder:
             tool = self.tool_of_pos[p]
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
-            self.used_starts, self.call_starts = set(), {}
+            self.call_starts = {}
             self.stack.append(obj)
         elif isinstance(top, _Object):
             if top.pending_key is not None:
@@ -468,7 +467,6 @@ class CallDecoder:
             obj = self._new_object(inner, path, tool)
             self.stack.append(obj)
             return self._object_action(obj, action)
-        self.used_starts.add(p)
         self.call_starts.setdefault((tool, path), set()).add(p)
         self.stack.append(_Span(inner, p))
 
@@ -482,6 +480,11 @@ class CallDecoder:
             top.pending_key = None
         else:
             raise AssertionError("value delivered with no frame waiting")
+
+    @property
+    def used_starts(self) -> set[int]:
+        """Span starts already used in the current call, by any parameter."""
+        return set().union(*self.call_starts.values())
 
     def starts_of_earlier_calls(self) -> set[int]:
         """Span starts that earlier calls of this tool gave the value being formed now."""
@@ -581,10 +584,11 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
             else:
                 scores = masked_log_softmax(logits[b], struct, pos)
                 choice = scores
-                if d.used_starts and d.kind in (K_VALUE, K_ITEM):
+                used = d.used_starts if d.kind in (K_VALUE, K_ITEM) else ()
+                if used:
                     # one span rarely answers two parameters of one call: prefer fresh spans
                     choice = scores.copy()
-                    choice[[N_STRUCT + p for p in d.used_starts]] -= REUSE_PENALTY
+                    choice[[N_STRUCT + p for p in used]] -= REUSE_PENALTY
                 repeated = d.starts_of_earlier_calls() if REPEAT_PENALTY and d.kind in (K_VALUE, K_ITEM) else ()
                 if repeated:
                     choice = choice.copy() if choice is scores else choice

@@ -41,7 +41,7 @@ def test_exact_match_per_kind():
         def call(self, messages, tools):
             gold = next(ex["calls"] for _, ex in labelled if ex["messages"] == messages)[:1]
             calls = [types.SimpleNamespace(name=c["name"], arguments=c["arguments"]) for c in gold]
-            return types.SimpleNamespace(calls=calls)
+            return types.SimpleNamespace(calls=calls, logprob=0.0)
 
     results = evaluate_heldout(OneCall(), labelled, progress=False)
     assert results["kinds"]["plain"] == {"correct": 2, "total": 2, "accuracy": 1.0}

@@ -626,10 +626,10 @@ def make_context(examples: list[dict], pool: ToolPool | None = None, stats: Coun
 
 
 def parallel_variants(examples: list[dict], copies: int = 6, seed: int = 11,
-                      kinds: tuple[str, ...] = ("fan_out", "repeat", "zip")) -> list[dict]:
-    """Up to ``copies`` variants of each example per kind of several-calls transform, ``id``
-    suffixed ``~kind`` like `augment`'s: a check of several calls of one tool built from
-    held-out requests, on which decoding choices are tuned instead of BFCL."""
+                      kinds: tuple[str, ...] = ("fan_out", "repeat", "zip")) -> list[tuple[str, dict]]:
+    """(kind, variant): up to ``copies`` variants of each example per kind of several-calls
+    transform, ``id`` suffixed ``~kind<k>`` like `augment`'s: a check of several calls of one
+    tool built from held-out requests, on which decoding choices are tuned instead of BFCL."""
     ctx = make_context(examples)
     out = []
     for kind in kinds:
@@ -638,7 +638,7 @@ def parallel_variants(examples: list[dict], copies: int = 6, seed: int = 11,
             for ex in examples:
                 new = _MAKERS[kind](ex, ctx, rng)
                 if new is not None and not validate_example(new):
-                    out.append({**new, "id": f"{ex['id']}~{kind}{k}"})
+                    out.append((kind, {**new, "id": f"{ex['id']}~{kind}{k}"}))
     return out
 
 

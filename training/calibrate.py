@@ -22,10 +22,11 @@ def same_calls(predicted: list, gold: list) -> bool:
     return key(predicted) == key(gold)
 
 
-def collect(needle, examples: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+def collect(needle, examples: list[dict], desc: str = "calibration set",
+            progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(log-probability, correct?) per example."""
     logps, correct = [], []
-    for ex in tqdm(examples, desc="calibration set", mininterval=2):
+    for ex in tqdm(examples, desc=desc, disable=not progress, mininterval=2):
         result = needle.call(ex["messages"], ex["tools"])
         predicted = [{"name": c.name, "arguments": c.arguments} for c in result.calls]
         logps.append(result.logprob)

@@ -13,27 +13,23 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
-from training.calibrate import same_calls
+from training.calibrate import collect
+from training.data import read_jsonl
 
 
 def heldout_set(examples: list[dict], copies: int = 6) -> list[tuple[str, dict]]:
     """(kind, example): every held-out request ("plain") and its several-calls variants."""
     from training.augment import parallel_variants
 
-    out = [("plain", ex) for ex in examples]
-    out += [(ex["id"].rsplit("~", 1)[1].rstrip("0123456789"), ex) for ex in parallel_variants(examples, copies)]
-    return out
+    return [("plain", ex) for ex in examples] + parallel_variants(examples, copies)
 
 
 def evaluate_heldout(needle, labelled: list[tuple[str, dict]], progress: bool = True) -> dict:
     """Share of requests whose calls equal the label exactly (order-insensitive), per kind and in all."""
+    _, correct = collect(needle, [ex for _, ex in labelled], desc="held-out requests", progress=progress)
     right, total = Counter(), Counter()
-    for kind, ex in tqdm(labelled, desc="held-out requests", disable=not progress, mininterval=2):
-        result = needle.call(ex["messages"], ex["tools"])
-        predicted = [{"name": c.name, "arguments": c.arguments} for c in result.calls]
-        right[kind] += same_calls(predicted, ex["calls"])
+    for (kind, _), ok in zip(labelled, correct):
+        right[kind] += int(ok)
         total[kind] += 1
     kinds = {k: {"correct": right[k], "total": n, "accuracy": right[k] / n} for k, n in total.items()}
     n = sum(total.values())
@@ -47,7 +43,7 @@ def run_heldout(args) -> int:
         print("needle eval heldout: give the held-out requests with --data FILE "
               "(the <features>.heldout.jsonl written by needle train --prepare)", file=sys.stderr)
         return 2
-    examples = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
+    examples = read_jsonl(args.data)
     labelled = heldout_set(examples, args.copies)
     results = evaluate_heldout(Needle(args.model), labelled, progress=not args.no_progress)
     results.update(model=args.model or "bundled", data=args.data, copies=args.copies)
