@@ -14,6 +14,10 @@ Canonical form of ``ToolSpec.parameters`` (the decoder relies on every rule):
   possibly restricted by ``enum`` / ``const``; when all enum (or const) members share one JSON
   type, that type is filled in. A typeless node with ``properties`` is an object, with
   ``items`` / ``prefixItems`` an array.
+- Enum members of another type than the node's are left out (no value could equal them). When
+  none fits but some are the type written as text, those are read as it: ``{"type": "integer",
+  "enum": ["1", "2", "dontcare"]}`` -> ``[1, 2]``, ``{"type": "boolean", "enum": ["True",
+  "False"]}`` -> ``[true, false]``. An array's enum of non-arrays is its items' enum.
 - Type aliases are resolved: upper-case Gemini names (``STRING``), BFCL / Python names
   (``dict`` -> object, ``float`` / ``double`` -> number, ``tuple`` / ``list`` -> array,
   ``int``, ``str``, ``bool``, ``any`` -> no type). Any other type name is an error.
@@ -579,6 +583,19 @@ def _fits(value: Any, type_name: str) -> bool:
     return kind == type_name or (type_name == "number" and kind == "integer")
 
 
+def _enum_members(enum: list, type_name: str | None) -> list:
+    """The enum members a node of this type can take. Members of another type never match and
+    are left out; when none fits but some are the type written as text (``"3"`` for an integer,
+    ``"True"`` for a boolean, as tool authors often write them), those are read as the type."""
+    if type_name is None:
+        return list(enum)
+    fitting = [v for v in enum if _fits(v, type_name)]
+    if fitting:
+        return fitting
+    read = [_coerce(v, {"type": type_name}) for v in enum if isinstance(v, str)]
+    return [v for i, v in enumerate(read) if _fits(v, type_name) and v not in read[:i]]
+
+
 def _common_type(values: list) -> str | None:
     """The one JSON type all values share (integers and numbers together are numbers)."""
     kinds = {json_type(v) for v in values}
@@ -696,7 +713,7 @@ class _Canonicalizer:
         body = {k: v for k, v in node.items() if k not in ("description", "default", "nullable", "type")}
         branches = []
         for t in types:
-            if isinstance(enum, list) and enum and not any(_fits(v, t) for v in enum):
+            if isinstance(enum, list) and enum and not _enum_members(enum, t):
                 continue  # a type no enum member has: the branch could never match
             branches.append({"type": "null"} if t == "null" else self.typed(body, t, path))
         if not branches:
@@ -808,6 +825,8 @@ class _Canonicalizer:
                 t = "object"
             elif "items" in node or "prefixItems" in node:
                 t = "array"
+        if t == "array" and isinstance(node.get("enum"), list) and not any(isinstance(v, list) for v in node["enum"]):
+            node = self.enum_onto_items(node)
         out: dict[str, Any] = {"type": t} if t else {}
         description = node.get("description")
         if isinstance(description, str):
@@ -816,7 +835,7 @@ class _Canonicalizer:
             enum = node["enum"]
             if not isinstance(enum, list) or not enum:
                 raise self.error(f"{path}.enum", f"enum must be a non-empty list, got {_short(enum)}")
-            members = [copy.deepcopy(v) for v in enum if not t or _fits(v, t)]  # others never match
+            members = copy.deepcopy(_enum_members(enum, t))
             if not members:
                 raise self.error(f"{path}.enum", f"no enum member is of type {t}")
             out["enum"] = members
@@ -882,6 +901,15 @@ class _Canonicalizer:
         for low, high in _BOUND_PAIRS:
             if low in out and high in out and out[low] > out[high]:
                 raise self.error(f"{path}.{low}", f"{low} ({out[low]}) is greater than {high} ({out[high]})")
+
+    def enum_onto_items(self, node: dict) -> dict:
+        """An array's enum of non-arrays (a common slip: no array could equal one) is its items' enum."""
+        items = node.get("items")
+        if not isinstance(items, (dict, type(None))) or (isinstance(items, dict) and "enum" in items):
+            return node  # nowhere to move it: left for the usual "no enum member" error
+        moved = {k: v for k, v in node.items() if k != "enum"}
+        moved["items"] = {**(items or {}), "enum": node["enum"]}
+        return moved
 
     def array_keywords(self, node: dict, out: dict, path: str) -> None:
         items, prefix, prefix_key = node.get("items"), node.get("prefixItems"), "prefixItems"

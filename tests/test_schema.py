@@ -816,8 +816,25 @@ def test_enum_and_const_type_inference():
 
 def test_enum_members_must_fit_the_type():
     assert prop({"type": "integer", "enum": [1, 2.0, "3"]}) == {"type": "integer", "enum": [1, 2.0]}
-    message = schema_error({"properties": {"n": {"type": "integer", "enum": ["1", "2"]}}})
+    message = schema_error({"properties": {"n": {"type": "integer", "enum": ["one", "two"]}}})
     assert message == "tool 'bad_tool': parameters.properties.n.enum: no enum member is of type integer"
+
+
+def test_enum_members_written_as_text_are_read_as_the_type():
+    assert prop({"type": "integer", "enum": ["1", "2", "dontcare", "2"]}) == {"type": "integer", "enum": [1, 2]}
+    assert prop({"type": "boolean", "enum": ["True", "False", "dontcare"]}) == {"type": "boolean", "enum": [True, False]}
+    # null is left out too: no enum member is null
+    assert prop({"type": ["number", "null"], "enum": ["0.5", "dontcare"]}) == {"type": "number", "enum": [0.5]}
+    again = prop({"type": "boolean", "enum": [True, False]})
+    assert prop(again) == again  # canonical specs convert to themselves
+
+
+def test_an_array_enum_of_non_arrays_is_the_enum_of_its_items():
+    metrics = {"type": "array", "items": {"type": "string"}, "enum": ["temperature", "humidity"]}
+    assert prop(metrics) == {"type": "array", "items": {"type": "string", "enum": ["temperature", "humidity"]}}
+    assert prop({"type": "array", "enum": [1, 2]}) == {"type": "array", "items": {"type": "integer", "enum": [1, 2]}}
+    message = schema_error({"properties": {"m": {"type": "array", "items": {"enum": ["a"]}, "enum": ["b"]}}})
+    assert message == "tool 'bad_tool': parameters.properties.m.enum: no enum member is of type array"
 
 
 def test_var_positional_and_keyword_parameters_are_left_out():
