@@ -628,16 +628,22 @@ def _closing_action(struct: np.ndarray, pos: np.ndarray) -> int:
 
 
 # ---- targets for training ----------------------------------------------------------------------------
-def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = None) -> tuple[list[int], list[int]]:
+def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = None,
+                 unsure: list[int] | None = None) -> tuple[list[int], list[int]]:
     """Actions (and the kind before each) that make ``decoder`` produce ``calls``.
 
     Optional arguments whose value the input cannot give are left out (counted in ``stats`` under
-    ``dropped_optional``); a required one raises `DecodeError`.
+    ``dropped_optional``); a required one raises `DecodeError`. A left-out argument makes the next
+    step of its object (another key, or the end) a choice the teacher did not make: ``unsure``,
+    when given, collects the indices of those steps so that training can skip them instead of
+    teaching the model to leave such arguments out.
     """
     stats = stats if stats is not None else {}
     actions, kinds = [], []
 
-    def emit(a: int) -> None:
+    def emit(a: int, sure: bool = True) -> None:
+        if not sure and unsure is not None:
+            unsure.append(len(actions))
         kinds.append(decoder.kind)
         actions.append(a)
         decoder.step(a)
@@ -661,6 +667,7 @@ def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: 
     inner, _ = primary_branch(node)
     props = inner.get("properties", {})
     required = set(inner.get("required", []))
+    dropped = False  # an argument was just left out: the next key (or the end) stands in its place
     for key in props:
         if key not in value:
             continue
@@ -670,11 +677,13 @@ def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: 
             if key in required:
                 raise DecodeError(f"required argument {key!r} cannot be formed from the input")
             stats["dropped_optional"] = stats.get("dropped_optional", 0) + 1
+            dropped = dropped or (p is not None and bool(pos[p]))  # the model could have chosen the key
             continue
-        emit(N_STRUCT + p)
+        emit(N_STRUCT + p, sure=not dropped)
+        dropped = False
         _encode_value(dec, props[key], path + (key,), tool, value[key], emit, stats)
         stats["encoded_args"] = stats.get("encoded_args", 0) + 1
-    emit(END)
+    emit(END, sure=not dropped)
 
 
 def _encodable(dec: CallDecoder, node, path, tool, value) -> bool:

@@ -209,6 +209,28 @@ def test_an_identical_call_is_returned_once():
     assert decoder.done and decoder.calls() == [paris, rome]
 
 
+def test_the_step_in_place_of_a_left_out_argument_is_marked_unsure():
+    """A teacher's optional argument the input cannot give is left out of the target; the step
+    that then comes in its place (the next key, or the end) is not the teacher's choice."""
+    note = to_tool_spec({"name": "remind", "parameters": {"type": "object", "properties": {
+        "note": {"type": "string"}, "city": {"type": "string"}}, "required": ["city"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Remind me in Paris"}], [note])
+    unsure, stats = [], {}
+    actions, _ = encode_calls(CallDecoder(rendered, [note]), [{"name": "remind", "arguments": {
+        "note": "buy bread", "city": "Paris"}}], stats, unsure)
+    assert stats["dropped_optional"] == 1 and unsure == [1]  # step 1: the "city" key, where "note" was
+    assert actions[1] == N_STRUCT + rendered.param_pos[(0, ("city",))]
+
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for 3 days"}], [WEATHER])
+    kelvin = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3, "unit": "kelvin"}}
+    unsure = []
+    actions, _ = encode_calls(CallDecoder(rendered, [WEATHER]), [kelvin], None, unsure)
+    assert unsure == [len(actions) - 2]  # the end of the object, where "unit" was; STOP is sure
+    unsure = []
+    encode_calls(CallDecoder(rendered, [WEATHER]), [{**kelvin, "arguments": {"city": "Paris", "days": 3}}], None, unsure)
+    assert unsure == []
+
+
 def test_value_not_in_request_cannot_be_encoded():
     rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for 3 days"}], [WEATHER])
     with pytest.raises(DecodeError, match="city"):

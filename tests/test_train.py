@@ -68,6 +68,24 @@ def test_unusable_examples_are_counted_by_reason_not_by_name():
     assert len(rows["ids_off"]) == 1 and stats == {"skipped: required argument … cannot be formed from the input": 3}
 
 
+def test_unsure_steps_are_fed_to_the_decoder_but_not_learned_from():
+    from training.train import collate
+
+    unit = {"type": "string", "enum": ["celsius", "fahrenheit"]}
+    ex = example(0, "Paris")
+    ex["tools"] = [{**WEATHER, "parameters": {**WEATHER["parameters"], "properties": {
+        **WEATHER["parameters"]["properties"], "unit": unit}}}]
+    ex["calls"][0]["arguments"]["unit"] = "kelvin"  # not an option: left out, the end stands in its place
+    rows, stats = featurize_all([ex], progress=False)
+    row = FeatureSet(rows).row(0)
+    assert stats["untrained steps (a left-out argument)"] == 1 and row["trained"].tolist().count(0) == 1
+    batch = collate([row])
+    step = int(np.flatnonzero(row["trained"] == 0)[0])
+    assert batch["labels"][0, step] == -100
+    assert (batch["labels"][0] != -100).sum() == len(row["actions"]) - 1
+    assert batch["prev_actions"][0, step + 1] == collate([{**row, "trained": row["trained"] * 0 + 1}])["prev_actions"][0, step + 1]
+
+
 def test_concat_of_packed_features_equals_packing_all_rows():
     from training.features import concat, pack
 

@@ -34,15 +34,19 @@ def featurize(example: dict, renderer: Renderer, stats: Counter) -> dict | None:
         stats["skipped: tools do not fit 512 positions"] += 1
         return None
     decoder = CallDecoder(rendered, specs)
+    unsure: list[int] = []
     try:
-        actions, kinds = encode_calls(decoder, calls, stats)
+        actions, kinds = encode_calls(decoder, calls, stats, unsure)
     except DecodeError as exc:
         reason = re.sub(r"'[^']*'", "…", str(exc).split(":")[0])  # one count per reason, not per name
         stats[f"skipped: {reason}"] += 1
         return None
     stats["kept"] += 1
+    stats["untrained steps (a left-out argument)"] += len(unsure)
+    trained = np.ones(len(actions), np.uint8)
+    trained[unsure] = 0
     return {"ids": np.asarray(rendered.ids, np.uint16), "pos_type": np.asarray(rendered.pos_type, np.uint8),
-            "actions": np.asarray(actions, np.int16), "kinds": np.asarray(kinds, np.uint8)}
+            "actions": np.asarray(actions, np.int16), "kinds": np.asarray(kinds, np.uint8), "trained": trained}
 
 
 def featurize_all(examples, max_len: int = 512, progress: bool = True) -> tuple[dict, Counter]:
@@ -56,10 +60,18 @@ def featurize_all(examples, max_len: int = 512, progress: bool = True) -> tuple[
     return pack(rows), stats
 
 
+ROW_KEYS = ("ids", "pos_type", "actions", "kinds", "trained")  # "trained": 0 where a step is not learned from
+
+
+def _row_keys(keys) -> list[str]:
+    """The ragged keys present (features written before "trained" existed lack it)."""
+    return [k for k in ROW_KEYS if k in keys]
+
+
 def pack(rows: list[dict]) -> dict:
     """Ragged rows -> flat arrays + offsets."""
     out = {}
-    for key in ("ids", "pos_type", "actions", "kinds"):
+    for key in _row_keys(rows[0]) if rows else ROW_KEYS[:4]:
         lengths = np.array([len(r[key]) for r in rows], dtype=np.int64)
         out[key] = np.concatenate([r[key] for r in rows]) if rows else np.zeros(0)
         out[key + "_off"] = np.concatenate([[0], np.cumsum(lengths)])
@@ -69,7 +81,7 @@ def pack(rows: list[dict]) -> dict:
 def concat(packed_sets: list[dict]) -> dict:
     """Packed features one after another (no unpacking into rows)."""
     out = {}
-    for key in ("ids", "pos_type", "actions", "kinds"):
+    for key in _row_keys(set.intersection(*(set(p) for p in packed_sets))):
         out[key] = np.concatenate([p[key] for p in packed_sets])
         starts = np.cumsum([0] + [p[key + "_off"][-1] for p in packed_sets[:-1]])
         out[key + "_off"] = np.concatenate([packed_sets[0][key + "_off"][:1]] +
@@ -97,7 +109,7 @@ class FeatureSet:
 
     def row(self, i: int) -> dict:
         a = self.arrays
-        return {k: a[k][a[k + "_off"][i]: a[k + "_off"][i + 1]] for k in ("ids", "pos_type", "actions", "kinds")}
+        return {k: a[k][a[k + "_off"][i]: a[k + "_off"][i + 1]] for k in _row_keys(a)}
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.arrays["ids_off"])

@@ -102,12 +102,14 @@ def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
     labels = np.full((B, T), -100, np.int64)
     prev = np.full((B, T), BOS, np.int64)
     kinds = np.zeros((B, T), np.int64)
+    taken = np.full((B, T), -100, np.int64)
     for b, r in enumerate(rows):
         n, t = len(r["ids"]), len(r["actions"])
         ids[b, :n], mask[b, :n], ptype[b, :n] = r["ids"], 1, r["pos_type"]
-        labels[b, :t] = r["actions"]
+        taken[b, :t] = r["actions"]
+        labels[b, :t] = np.where(r["trained"] > 0, r["actions"], -100) if "trained" in r else r["actions"]
         kinds[b, :t] = r["kinds"]
-    prev[:, 1:] = decoder_inputs(labels[:, :-1])  # padding maps to BOS; its labels are ignored
+    prev[:, 1:] = decoder_inputs(taken[:, :-1])  # padding maps to BOS; its labels are ignored
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
             "pos_type": torch.from_numpy(ptype), "labels": torch.from_numpy(labels), "prev_actions": torch.from_numpy(prev),
             "kinds": torch.from_numpy(kinds)}
