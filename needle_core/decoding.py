@@ -51,6 +51,37 @@ def parse_number(text: str) -> float | int | None:
     return _WORD_NUMBERS.get(t.lower())
 
 
+_MONTHS = {name: i + 1 for i, names in enumerate((
+    "january jan", "february feb", "march mar", "april apr", "may", "june jun", "july jul",
+    "august aug", "september sep sept", "october oct", "november nov", "december dec")) for name in names.split()}
+_MONTH = "(?P<month>" + "|".join(sorted(_MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(?P<day>\d{1,2})(?:st|nd|rd|th)?"
+_DATE_RES = [re.compile(rf"(?:the\s+)?{_DAY}(?:\s+of)?\s+{_MONTH},?\s+(?P<year>\d{{4}})", re.IGNORECASE),
+             re.compile(rf"{_MONTH}\s+(?:the\s+)?{_DAY},?\s+(?P<year>\d{{4}})", re.IGNORECASE)]
+_ASKS_ISO_DATE = re.compile(r"YYYY-MM-DD(?![T\s]*HH)", re.IGNORECASE)
+
+
+def parse_date(text: str) -> str | None:
+    """A calendar date written with its month's name ("March 8th, 2023", "the 8th of March
+    2023", "8 Mar 2023") as ``YYYY-MM-DD``; None for anything else (no year, no such day)."""
+    import datetime
+
+    for pattern in _DATE_RES:
+        m = pattern.fullmatch(text.strip())
+        if m:
+            try:
+                day = datetime.date(int(m["year"]), _MONTHS[m["month"].lower()], int(m["day"]))
+            except ValueError:
+                return None
+            return day.isoformat()
+    return None
+
+
+def asks_for_iso_date(node: dict) -> bool:
+    """A string node whose format is ``date`` or whose description asks for YYYY-MM-DD (not a time)."""
+    return node.get("format") == "date" or bool(_ASKS_ISO_DATE.search(node.get("description") or ""))
+
+
 def _in_bounds(value: float, node: dict) -> bool:
     if "minimum" in node and value < node["minimum"]:
         return False
@@ -78,7 +109,10 @@ def span_value(text: str, node: dict) -> tuple[bool, Any]:
                 return False, None
             num = int(num)
         return _in_bounds(num, node), num
-    # strings and untyped values are copied as text
+    # strings and untyped values are copied as text; a named date where an ISO date is asked for
+    # is rewritten (the only string conversion: the text holds the day, not its spelling)
+    if t == "string" and asks_for_iso_date(node):
+        text = parse_date(text) or text
     if "minLength" in node and len(text) < node["minLength"]:
         return False, None
     if "maxLength" in node and len(text) > node["maxLength"]:

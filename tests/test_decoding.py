@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from needle_core.callformat import N_STRUCT, Renderer
-from needle_core.decoding import CallDecoder, DecodeError, encode_calls, greedy_decode_batch, parse_number
+from needle_core.decoding import (CallDecoder, DecodeError, encode_calls, greedy_decode_batch, parse_date, parse_number,
+                                   span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
 
 RENDERER = Renderer()
@@ -266,6 +267,34 @@ def test_call_of_an_unstartable_tool_names_the_reason():
 )
 def test_parse_number(text, value):
     assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text,iso", [
+    ("March 8th, 2023", "2023-03-08"), ("the 8th of March 2023", "2023-03-08"), ("8 Mar 2023", "2023-03-08"),
+    ("Sept. 3 2020", "2020-09-03"), ("November 25, 2013", "2013-11-25"),
+    ("February 30, 2023", None), ("March 8", None), ("2023-03-08", None), ("May 2023", None)])
+def test_parse_date(text, iso):
+    assert parse_date(text) == iso
+
+
+def test_a_named_date_is_written_as_the_iso_date_a_parameter_asks_for():
+    """Teachers write "2023-03-08" for "the 8th of March, 2023" when the description asks for
+    YYYY-MM-DD: such a value is now a span (so it is trained on) and decodes to that form."""
+    events = to_tool_spec({"name": "find_events", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"},
+        "date": {"type": "string", "description": "The date, formatted as 'YYYY-MM-DD'."},
+        "note": {"type": "string"}}, "required": ["city"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Concerts in Oslo on the 8th of March, 2023?"}], [events])
+    call = {"name": "find_events", "arguments": {"city": "Oslo", "date": "2023-03-08"}}
+    decoder = CallDecoder(rendered, [events])
+    encode_calls(decoder, [call])
+    assert decoder.calls() == [call]
+    with pytest.raises(DecodeError):  # a parameter that does not ask for the form keeps the text
+        encode_calls(CallDecoder(rendered, [events]), [{"name": "find_events", "arguments": {
+            "city": "2023-03-08"}}])
+    timestamp = {"type": "string", "description": "When, as YYYY-MM-DDTHH:MM:SS"}
+    assert span_value("8th of March 2023", timestamp) == (True, "8th of March 2023")
+    assert span_value("8th of March 2023", {"type": "string", "format": "date"}) == (True, "2023-03-08")
 
 
 def test_disallowed_action_is_refused():
