@@ -163,6 +163,11 @@ class Rendered:
         seg = self.segment[start]
         return self.segments[seg][self.offsets[start][0]: self.offsets[end][1]]
 
+    def text_after(self, end: int, n: int = 12) -> str:
+        """Up to ``n`` characters of the segment right after a span's last token."""
+        seg = self.segment[end]
+        return self.segments[seg][self.offsets[end][1]: self.offsets[end][1] + n]
+
 
 def render_call_text(call: dict) -> str:
     args = call.get("arguments") or {}

@@ -277,6 +277,21 @@ def test_parse_date(text, iso):
     assert parse_date(text) == iso
 
 
+def test_a_percentage_is_a_fraction_where_the_parameter_asks_for_a_decimal():
+    loan = to_tool_spec({"name": "loan", "parameters": {"type": "object", "properties": {
+        "rate": {"type": "number", "description": "Annual interest rate as a decimal (e.g. 0.05 for 5%)."},
+        "tip": {"type": "number", "description": "Tip in percent."}}, "required": ["rate"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "A loan at 4.5% with a 15 % tip"}], [loan])
+    call = {"name": "loan", "arguments": {"rate": 0.045, "tip": 15}}
+    decoder = CallDecoder(rendered, [loan])
+    encode_calls(decoder, [call])
+    assert decoder.calls() == [call]
+    rate, tip = loan.parameters["properties"]["rate"], loan.parameters["properties"]["tip"]
+    assert span_value("5", rate, " percent") == (True, 0.05) and span_value("5", rate, " years") == (True, 5)
+    assert span_value("5", tip, "%") == (True, 5)
+    assert span_value("5", {"type": "integer", "description": "as a decimal"}, "%") == (False, None)
+
+
 def test_a_named_date_is_written_as_the_iso_date_a_parameter_asks_for():
     """Teachers write "2023-03-08" for "the 8th of March, 2023" when the description asks for
     YYYY-MM-DD: such a value is now a span (so it is trained on) and decodes to that form."""
