@@ -295,3 +295,13 @@ def test_name_words():
     assert A.name_words("getWeatherForecast") == ["get", "weather", "forecast"]
     assert A.name_words("RentalCars.GetCarsAvailable") == ["rental", "cars", "get", "cars", "available"]
     assert A.name_words("HTTPServer_start") == ["http", "server", "start"]
+
+
+@needs_data
+def test_augment_weights_choose_the_kinds(recorded, pool):
+    """``weights`` override `KIND_WEIGHTS` by kind: a kind at 0 is never made; unknown kinds are refused."""
+    stats = Counter()
+    A.augment(recorded[:40], factor=3, seed=2, pool=pool, stats=stats, weights={"zip": 0, "negative": 0})
+    assert stats and not any(k.endswith((": zip", ": negative")) for k in stats), stats
+    with pytest.raises(ValueError, match="unknown augmentation kind.*'zipper'"):
+        A.augment(recorded[:2], weights={"zipper": 1})

@@ -289,3 +289,69 @@ def test_forced_steps_fed_together_equal_one_at_a_time(engines, cases, monkeypat
     assert bulk_calls == single_calls
     for a, b in zip(bulk_trace, single_trace):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=0)
+
+
+def test_the_pytorch_model_is_rebuilt_from_a_model_folder(exported, tmp_path):
+    """`load_student` on an exported folder gives back the checkpoint's weights: exactly from fp32
+    graphs, within the quantization step from mixed ones, and also from a folder exported before
+    the encoder's parameter map was recorded (the map is then derived; as in a trained model, no
+    two weights are equal there, so the exporter kept one initializer per parameter)."""
+    from needle_core.modeling_needle import NeedleForToolCalling
+    from training.export import export_onnx, quantize, write_manifest
+    from training.onnx_weights import load_student
+
+    original = dict(NeedleForToolCalling.from_pretrained(str(exported["checkpoint"])).named_parameters())
+    rebuilt = dict(load_student(exported["fp32"]).named_parameters())
+    assert rebuilt.keys() == original.keys()
+    for name, p in original.items():
+        assert torch.equal(rebuilt[name], p), name
+
+    trained_like = NeedleForToolCalling.from_pretrained(str(exported["checkpoint"]))
+    with torch.no_grad():
+        for p in trained_like.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    trained_like.save_pretrained(str(tmp_path / "checkpoint"))
+    fp32 = export_onnx(str(tmp_path / "checkpoint"), str(tmp_path / "fp32"))
+    mixed = quantize(fp32, str(tmp_path / "mixed"), "mixed")
+    meta = json.loads((mixed / "needle.json").read_text())
+    del meta["encoder_params"]
+    (mixed / "needle.json").write_text(json.dumps(meta))
+    write_manifest(mixed)
+    original = dict(trained_like.named_parameters())
+    for name, p in load_student(mixed).named_parameters():
+        step = original[name].abs().max() / 7  # a 4-bit block's scale is at most max/7
+        assert torch.all((p - original[name]).abs() <= step + 1e-6), name
+
+
+def test_a_model_folder_missing_a_weight_is_refused_by_name(exported, tmp_path):
+    from training.onnx_weights import load_student
+
+    broken = tmp_path / "broken"
+    shutil.copytree(exported["fp32"], broken)
+    meta = json.loads((broken / "needle.json").read_text())
+    del meta["decoder_params"]["struct_head.weight"]
+    (broken / "needle.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="weights missing from .*decoder.onnx: .*struct_head.weight"):
+        load_student(broken)
+    with pytest.raises(FileNotFoundError, match="neither a training checkpoint"):
+        load_student(tmp_path)
+
+
+def test_finetune_trains_the_decoder_of_a_model_folder(exported, tmp_path):
+    """`needle finetune` on a few examples: the decoder is rebuilt from the graphs and trained,
+    the encoder graph is kept byte for byte, and the result is a folder the engine loads."""
+    from training.data import write_jsonl
+    from training.finetune import finetune
+
+    tool = {"name": "set_timer", "description": "Start a timer",
+            "parameters": {"type": "object", "properties": {"minutes": {"type": "integer"}}, "required": ["minutes"]}}
+    data = tmp_path / "mine.jsonl"
+    write_jsonl(data, [{"id": f"t{m}", "messages": [{"role": "user", "content": f"timer for {m} minutes"}],
+                        "tools": [tool], "calls": [{"name": "set_timer", "arguments": {"minutes": m}}]}
+                       for m in (5, 10, 25, 40)])
+    report = finetune([str(data)], str(tmp_path / "ft"), base_dir=str(exported["fp32"]), epochs=2, batch_size=2)
+    assert report["encoded"] == 4 and report["steps"] == 4
+    assert (tmp_path / "ft" / "encoder.onnx").read_bytes() == (exported["fp32"] / "encoder.onnx").read_bytes()
+    assert (tmp_path / "ft" / "decoder.onnx").read_bytes() != (exported["fp32"] / "decoder.onnx").read_bytes()
+    engine = OnnxEngine(tmp_path / "ft", threads=1)
+    assert engine.meta["name"].endswith("-ft") and "encoder_params" in engine.meta

@@ -643,16 +643,21 @@ def parallel_variants(examples: list[dict], copies: int = 6, seed: int = 11,
 
 
 def augment(examples: list[dict], factor: int = 1, seed: int = 0, pool: ToolPool | None = None,
-            stats: Counter | None = None) -> list[dict]:
+            stats: Counter | None = None, weights: dict[str, float] | None = None) -> list[dict]:
     """The examples followed by ``factor`` augmented copies of each (fewer where a copy fails).
 
+    ``weights`` (kind -> weight) replace those of `KIND_WEIGHTS` they name, e.g. ``{"zip": 0}``.
     ``pool`` and ``stats``: see `make_context`. Same examples + seed -> same output."""
+    unknown = set(weights or {}) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown augmentation kind(s) {sorted(unknown)}; the kinds are {', '.join(KINDS)}")
+    kind_weights = [float((weights or {}).get(kind, w)) for kind, w in zip(KINDS, KIND_WEIGHTS)]
     ctx = make_context(examples, pool, stats)
     rng = random.Random(seed)
     out = list(examples)
     for ex in examples:
         for k in range(factor):
-            kind = rng.choices(KINDS, KIND_WEIGHTS)[0]
+            kind = rng.choices(KINDS, kind_weights)[0]
             new = _MAKERS[kind](ex, ctx, rng)
             if new is None:
                 ctx.stats[f"not applicable: {kind}"] += 1

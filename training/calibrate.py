@@ -22,13 +22,18 @@ def same_calls(predicted: list, gold: list) -> bool:
     return key(predicted) == key(gold)
 
 
+def predict(needle, example: dict):
+    """The model's result for a canonical example, and its calls as ``{"name", "arguments"}`` dicts."""
+    result = needle.call(example["messages"], example["tools"])
+    return result, [{"name": c.name, "arguments": c.arguments} for c in result.calls]
+
+
 def collect(needle, examples: list[dict], desc: str = "calibration set",
             progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(log-probability, correct?) per example."""
     logps, correct = [], []
     for ex in tqdm(examples, desc=desc, disable=not progress, mininterval=2):
-        result = needle.call(ex["messages"], ex["tools"])
-        predicted = [{"name": c.name, "arguments": c.arguments} for c in result.calls]
+        result, predicted = predict(needle, ex)
         logps.append(result.logprob)
         correct.append(same_calls(predicted, ex["calls"]))
     return np.array(logps), np.array(correct, dtype=float)

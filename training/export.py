@@ -101,41 +101,18 @@ def export_decoder(model, out: Path, opset: int = 17) -> None:
 
 
 def write_meta(model, out: Path, source: str, **extra) -> None:
-    """``needle.json``: what the engine and `needle finetune` need to know about the graphs."""
+    """``needle.json``: what the engine needs to know about the graphs, and the initializer maps
+    that rebuild the PyTorch model from them (`training.onnx_weights`)."""
+    from training.onnx_weights import initializer_map
+
     cfg = model.config
     meta = {"format": MODEL_FORMAT, "d_model": cfg.d_model, "decoder_layers": cfg.decoder_layers,
             "decoder_heads": cfg.decoder_heads, "max_steps": cfg.max_steps, "precision": "fp32",
             "source_checkpoint": source, "config": cfg.to_dict(),
-            "decoder_initializers": decoder_initializer_map(model, out / "decoder.onnx"), **extra}
+            "decoder_params": initializer_map(model, out / "decoder.onnx", encoder_graph=False), **extra}
+    if (out / "encoder.onnx").exists():  # finetune exports the decoder alone
+        meta["encoder_params"] = initializer_map(model, out / "encoder.onnx", encoder_graph=True)
     (out / "needle.json").write_text(json.dumps(meta, indent=1))
-
-
-def decoder_initializer_map(model, onnx_path: Path) -> dict[str, list]:
-    """ONNX initializer name -> [PyTorch parameter name, transposed?] for the decoder graph.
-
-    The exporter renames transposed Linear weights (``onnx::MatMul_N``), so they are matched by
-    value. `needle finetune` uses this map to rebuild the PyTorch decoder from a shipped graph.
-    """
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
-
-    params = {n: p.detach().numpy() for n, p in model.named_parameters() if not n.startswith("encoder.")}
-    out = {}
-    for init in onnx.load(str(onnx_path)).graph.initializer:
-        value = numpy_helper.to_array(init)
-        name = init.name.removeprefix("model.")
-        if name in params:
-            out[init.name] = [name, False]
-            continue
-        for pname, p in params.items():
-            if p.shape == value.shape and np.array_equal(p, value):
-                out[init.name] = [pname, False]
-                break
-            if p.ndim == 2 and p.T.shape == value.shape and np.array_equal(p.T, value):
-                out[init.name] = [pname, True]
-                break
-    return out
 
 
 # Per graph, what each precision stores. int8 is dynamic quantization with one int8 scale per
@@ -201,7 +178,7 @@ def agreement_with_fp32(fp32_dir: str | Path, quantized_dir: str | Path, data_pa
     from tqdm.auto import tqdm
 
     from needle_core.api import Needle
-    from training.calibrate import same_calls
+    from training.calibrate import predict, same_calls
     from training.data import read_jsonl
 
     examples = [ex for p in data_paths for ex in read_jsonl(p)]
@@ -212,8 +189,8 @@ def agreement_with_fp32(fp32_dir: str | Path, quantized_dir: str | Path, data_pa
     answers = []
     for model_dir in (fp32_dir, quantized_dir):
         needle = Needle(model_dir, threads=1)
-        answers.append([[{"name": c.name, "arguments": c.arguments} for c in needle.call(ex["messages"], ex["tools"]).calls]
-                        for ex in tqdm(examples, desc=f"agreement: {Path(model_dir).name}", mininterval=2)])
+        answers.append([predict(needle, ex)[1] for ex in tqdm(examples, desc=f"agreement: {Path(model_dir).name}",
+                                                              mininterval=2)])
     same = sum(same_calls(a, b) for a, b in zip(*answers))
     return {"requests": len(examples), "agreement": same / len(examples)}
 

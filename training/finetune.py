@@ -2,7 +2,7 @@
 
 The shipped model is ONNX only, so fine-tuning keeps its encoder graph as it is (run by ONNX
 Runtime to encode each example) and trains the PyTorch decoder, rebuilt from the shipped decoder
-graph with the initializer map that `needle export` records. The decoder weights the encoder
+graph (`training.onnx_weights.model_from_onnx`). The decoder weights the encoder
 graph also computes with (cross-attention keys/values, pointer keys) stay frozen, so the old
 encoder graph and the new decoder graph fit together. The result is a complete model folder
 (re-quantized decoder, hashes in the manifest) that `Needle(model_dir)` loads.
@@ -19,51 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from needle_core.engine import OnnxEngine
-from needle_core.modeling_needle import NeedleConfig, NeedleForToolCalling
-
-FROZEN = ("cross_attn.k.", "cross_attn.v.", "ptr_key.")  # computed inside the encoder graph
-
-
-def load_decoder_from_onnx(model_dir: Path) -> NeedleForToolCalling:
-    """A PyTorch model whose decoder holds the (dequantized) weights of ``decoder.onnx``."""
-    import onnx
-    from onnx import numpy_helper
-
-    meta = json.loads((model_dir / "needle.json").read_text())
-    if "decoder_initializers" not in meta or "config" not in meta:
-        raise ValueError(f"{model_dir} was exported without the initializer map that finetuning needs; re-export it")
-    config = NeedleConfig(**{k: v for k, v in meta["config"].items() if k in NeedleConfig().to_dict()})
-    model = NeedleForToolCalling(config)
-    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(model_dir / "decoder.onnx")).graph.initializer}
-    params = dict(model.named_parameters())
-    loaded = set()
-    for onnx_name, (param_name, transposed) in meta["decoder_initializers"].items():
-        if onnx_name in inits:
-            value = inits[onnx_name].astype(np.float32)
-        elif onnx_name + "_quantized" in inits:  # int8 dynamic quantization: (q - zero_point) * scale
-            q = inits[onnx_name + "_quantized"].astype(np.float32)
-            value = (q - inits[onnx_name + "_zero_point"].astype(np.float32)) * inits[onnx_name + "_scale"]
-        elif onnx_name + "_Q4" in inits:  # MatMulNBits: symmetric 4-bit blocks of the [K, N] weight, stored [N, K]
-            rows = params[param_name].shape[1] if transposed else params[param_name].shape[0]
-            value = dequantize_q4(inits[onnx_name + "_Q4"], inits[onnx_name + "_scales"], rows)
-        else:
-            raise ValueError(f"{model_dir / 'decoder.onnx'} has no initializer {onnx_name!r} for {param_name}")
-        value = value.T if transposed else value
-        with torch.no_grad():
-            params[param_name].copy_(torch.from_numpy(np.ascontiguousarray(value)).reshape(params[param_name].shape))
-        loaded.add(param_name)
-    missing = [n for n in params if not n.startswith("encoder.") and not any(f in n for f in FROZEN) and n not in loaded]
-    if missing:
-        raise ValueError(f"decoder weights missing from {model_dir}: {', '.join(missing[:5])}")
-    return model
-
-
-def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
-    """MatMulNBits weights ([N, blocks, 16] bytes, two 4-bit values each, zero point 8) -> [K, N] floats."""
-    low, high = packed & 0x0F, packed >> 4
-    nibbles = np.stack([low, high], axis=-1).reshape(packed.shape[0], packed.shape[1], -1).astype(np.float32)
-    values = (nibbles - 8.0) * scales.reshape(packed.shape[0], packed.shape[1], 1)
-    return values.reshape(packed.shape[0], -1)[:, :k].T
+from training.onnx_weights import in_encoder_graph, model_from_onnx
 
 
 def _encoded_batch(engine: OnnxEngine, rows: list[dict]) -> dict[str, torch.Tensor]:
@@ -86,7 +42,7 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
     torch.manual_seed(seed)
     base = Path(base_dir) if base_dir else bundled_model_dir()
     engine = OnnxEngine(base)
-    model = load_decoder_from_onnx(base)
+    model = model_from_onnx(base, decoder_only=True)
     examples = [ex for p in data_paths for ex in read_jsonl(p)]
     packed, stats = featurize_all(examples)
     from training.features import FeatureSet
@@ -94,7 +50,7 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
     data = FeatureSet(packed)
     if len(data) == 0:
         raise ValueError(f"none of the {len(examples)} examples could be encoded: {dict(stats)}")
-    trainable = [p for n, p in model.named_parameters() if not n.startswith("encoder.") and not any(f in n for f in FROZEN)]
+    trainable = [p for n, p in model.named_parameters() if not in_encoder_graph(n)]
     model.requires_grad_(False)
     for p in trainable:
         p.requires_grad_(True)
@@ -134,6 +90,9 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
     shutil.copy(base / "encoder.onnx", out / "encoder.onnx")
     meta = json.loads((tmp / "needle.json").read_text())
     meta.update(precision=precision, name=f"{engine.meta.get('name', base.name)}-ft")
+    for key in ("encoder_params", "encoder_initializers"):  # the encoder graph is the base's
+        if key in engine.meta:
+            meta[key] = engine.meta[key]
     (out / "needle.json").write_text(json.dumps(meta, indent=1))
     write_manifest(out)
     shutil.rmtree(tmp)

@@ -1,6 +1,7 @@
 """The PyTorch inference path, with the same interface as `needle_core.engine.OnnxEngine`.
 
-`TorchEngine` runs a saved `NeedleForToolCalling` checkpoint in fp32: the encoder once per
+`TorchEngine` runs a saved `NeedleForToolCalling` in fp32 (a checkpoint, or a model folder's
+graphs rebuilt by `training.onnx_weights.load_student`): the encoder once per
 request (``model.encode``), then one ``model.decode_step`` per action with a self-attention KV
 cache, driven by the very same `CallDecoder` state machine and `greedy_decode_batch` loop as the
 ONNX engine. ``encode`` returns the same dict of numpy arrays as ``OnnxEngine.encode``, so the
@@ -21,15 +22,15 @@ from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batc
 
 
 class TorchEngine:
-    """fp32 PyTorch inference over a checkpoint folder (``save_pretrained`` layout)."""
+    """fp32 PyTorch inference over a checkpoint folder (``save_pretrained`` layout) or a model folder."""
 
     def __init__(self, checkpoint: str | Path, threads: int | None = 1):
-        from needle_core.modeling_needle import NeedleForToolCalling
+        from training.onnx_weights import load_student
 
         if threads:
             torch.set_num_threads(threads)  # process-wide: that is how torch works
         self.checkpoint = Path(checkpoint)
-        self.model = NeedleForToolCalling.from_pretrained(str(self.checkpoint)).float().eval()
+        self.model = load_student(self.checkpoint).eval()
         cfg = self.model.config
         self.layers, self.heads = cfg.decoder_layers, cfg.decoder_heads
         self.dh = cfg.d_model // self.heads

