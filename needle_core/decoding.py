@@ -18,6 +18,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Callable
 
 import numpy as np
@@ -88,12 +89,18 @@ def asks_for_fraction(node: dict) -> bool:
     """A number node whose description asks for a rate as a decimal ("as a decimal", "0.05 for
     5%", "e.g. 0.95", a probability): "5%" is then 0.05. The recorded teachers write it so in
     12 of 13 such cases, and keep the percentage in 77 of 83 others."""
-    return bool(_ASKS_FRACTION.search(node.get("description") or ""))
+    return _described_as(_ASKS_FRACTION, node.get("description") or "")
 
 
 def asks_for_iso_date(node: dict) -> bool:
     """A string node whose format is ``date`` or whose description asks for YYYY-MM-DD (not a time)."""
-    return node.get("format") == "date" or bool(_ASKS_ISO_DATE.search(node.get("description") or ""))
+    return node.get("format") == "date" or _described_as(_ASKS_ISO_DATE, node.get("description") or "")
+
+
+@lru_cache(maxsize=4096)
+def _described_as(pattern: re.Pattern, description: str) -> bool:
+    """Remembered: span_value asks it of the same description for every span of the input."""
+    return bool(pattern.search(description))
 
 
 def _in_bounds(value: float, node: dict) -> bool:
@@ -783,12 +790,13 @@ def _plan_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any
 def _find_span(dec: CallDecoder, node: dict, value: Any) -> tuple[int, int] | None:
     """The first span whose value equals ``value`` (exact text first, then case-insensitive)."""
     spans = dec.valid_spans(node)
-    values = [(s, e, span_value(dec.r.span_text(s, e), node, dec.r.text_after(e))[1])
-              for s, ends in spans.items() for e in ends]
+    values = ((s, e, span_value(dec.r.span_text(s, e), node, dec.r.text_after(e))[1])
+              for s, ends in spans.items() for e in ends)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return next(((s, e) for s, e, v in values if isinstance(v, (int, float)) and v == value), None)
     if not isinstance(value, str):
         return None
+    values = list(values)  # read twice: exact text first, then case-insensitive
     for norm in (lambda x: x, lambda x: x.lower().strip()):
         target = norm(value)
         hit = next(((s, e) for s, e, v in values if isinstance(v, str) and norm(v) == target), None)
