@@ -100,3 +100,36 @@ def test_concat_of_packed_features_equals_packing_all_rows():
     assert joined.keys() == whole.keys()
     for key in whole:
         np.testing.assert_array_equal(joined[key], whole[key])
+
+
+def test_train_continues_a_model_folder_and_saves_a_resumable_checkpoint(tmp_path):
+    """`train` end to end on a tiny model: ``init_from`` an exported model folder (rebuilt from its
+    graphs), a few bf16 steps, validation, a checkpoint with its state and a loss curve; run again
+    (after a crash, say), it resumes at the saved step rather than starting over from ``init_from``."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnx")
+    from transformers import BertConfig
+
+    from needle_core.modeling_needle import NeedleConfig, NeedleForToolCalling
+    from training.export import export_onnx
+    from training.train import TrainConfig, train
+
+    data = tmp_path / "all.jsonl"
+    data.write_text("".join(json.dumps(example(i, c)) + "\n" for i, c in enumerate(CITIES)))
+    features = tmp_path / "features.npz"
+    prepare_features([str(data)], str(features), val_fraction=0.25)
+    encoder = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=512).to_dict()
+    torch.manual_seed(0)
+    NeedleForToolCalling(NeedleConfig(encoder=encoder, decoder_layers=1, decoder_heads=2, decoder_ffn=64)
+                         ).save_pretrained(str(tmp_path / "tiny"))
+    folder = export_onnx(str(tmp_path / "tiny"), str(tmp_path / "tiny_onnx"))
+    cfg = TrainConfig(features=str(features), out_dir=str(tmp_path / "run"), init_from=str(folder), batch_size=4,
+                      max_steps=3, warmup_steps=1, eval_every=3, save_every=3, max_minutes=5, num_threads=1)
+    checkpoint = train(cfg)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    assert state["step"] == 3 and 3 <= state["examples"] <= 12  # batches of up to 4 rows
+    assert any("val_loss" in h for h in state["history"])
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 0
+    resumed = TrainConfig(**{**cfg.__dict__, "max_steps": 4})
+    assert json.loads((train(resumed) / "trainer_state.json").read_text())["step"] == 4

@@ -248,14 +248,16 @@ def train(cfg: TrainConfig) -> Path:
     val, train_set = split_features(data, cfg.val_fraction)
     accelerator.print(f"features: {len(train_set)} train / {len(val)} validation examples")
 
-    model = build_model(cfg)
+    # a checkpoint in out_dir is resumed, whatever the run started from (init_from included)
+    resume = (out_dir / "checkpoint" / "trainer_state.json").exists()
+    model = NeedleForToolCalling.from_pretrained(str(out_dir / "checkpoint")).float() if resume else build_model(cfg)
     enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
     dec_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     optimizer = torch.optim.AdamW([{"params": enc_params, "lr": cfg.encoder_lr}, {"params": dec_params, "lr": cfg.lr}],
                                   weight_decay=cfg.weight_decay)
     base_lrs = [cfg.encoder_lr, cfg.lr]
     state = {"step": 0, "examples": 0, "history": [], "config": asdict(cfg)}
-    if (out_dir / "checkpoint" / "trainer_state.json").exists() and not cfg.init_from:
+    if resume:
         state = load_checkpoint(model, optimizer, out_dir)
         accelerator.print(f"resumed from step {state['step']}")
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -279,8 +281,14 @@ def train(cfg: TrainConfig) -> Path:
         optimizer.zero_grad(set_to_none=True)
         state["step"] += 1
         state["examples"] += batch["input_ids"].shape[0]
-        ema = float(loss) if ema is None else 0.95 * ema + 0.05 * float(loss.detach())
-        rate = (state["examples"] - seen0) / max(time.time() - t0, 1e-6)
+        value = float(loss.detach())
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
+        elapsed = max(time.time() - t0, 1e-6)
+        rate = (state["examples"] - seen0) / elapsed
+        if cfg.max_minutes:  # the time limit ends the run: the bar's total is the steps that fit in it
+            steps_done = state["step"] - bar.initial
+            fit = state["step"] + int((cfg.max_minutes * 60 - elapsed) * steps_done / elapsed)
+            bar.total = max(state["step"], min(cfg.max_steps, fit))
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.3f}", ex_s=f"{rate:.1f}")
         if state["step"] % 20 == 0:
