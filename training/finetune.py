@@ -90,9 +90,8 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
     shutil.copy(base / "encoder.onnx", out / "encoder.onnx")
     meta = json.loads((tmp / "needle.json").read_text())
     meta.update(precision=precision, name=f"{engine.meta.get('name', base.name)}-ft")
-    for key in ("encoder_params", "encoder_initializers"):  # the encoder graph is the base's
-        if key in engine.meta:
-            meta[key] = engine.meta[key]
+    if "encoder_params" in engine.meta:  # the encoder graph is the base's
+        meta["encoder_params"] = engine.meta["encoder_params"]
     (out / "needle.json").write_text(json.dumps(meta, indent=1))
     write_manifest(out)
     shutil.rmtree(tmp)

@@ -8,8 +8,9 @@ dequantized: int8 weights are exact to their scale, 4-bit ones lose what quantiz
 
 The exporter renames transposed Linear weights (``onnx::MatMul_N``), so each graph's initializer
 is matched to its parameter by value once, at export (`initializer_map`, kept in
-``needle.json`` as ``decoder_params`` and ``encoder_params``). Folders exported before the encoder map was recorded get it by exporting a
-model of the same config with distinct random weights and matching those.
+``needle.json`` as ``decoder_params`` and ``encoder_params``). Folders exported before the
+encoder map was recorded get it by exporting a model of the same config with distinct random
+weights and matching those.
 """
 from __future__ import annotations
 
@@ -22,12 +23,12 @@ import torch
 
 from needle_core.modeling_needle import NeedleConfig, NeedleForToolCalling
 
-# Parameters computed inside the encoder graph although they belong to the decoder's layers.
-ENCODER_GRAPH_PARTS = ("encoder.", "cross_attn.k.", "cross_attn.v.", "ptr_key.")
+# Decoder parameters computed inside the encoder graph (once per request, not per step).
+DECODER_PARTS_IN_ENCODER_GRAPH = ("cross_attn.k.", "cross_attn.v.", "ptr_key.")
 
 
 def in_encoder_graph(param_name: str) -> bool:
-    return param_name.startswith("encoder.") or any(part in param_name for part in ENCODER_GRAPH_PARTS[1:])
+    return param_name.startswith("encoder.") or any(part in param_name for part in DECODER_PARTS_IN_ENCODER_GRAPH)
 
 
 def initializer_map(model: NeedleForToolCalling, onnx_path: Path, encoder_graph: bool) -> dict[str, list]:
@@ -89,15 +90,16 @@ def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
     return values.reshape(packed.shape[0], -1)[:, :k].T
 
 
-def _initializer_value(inits: dict, onnx_name: str, shape: tuple, graph: Path) -> np.ndarray:
-    """The float value of one initializer, as stored (fp32) or dequantized (int8 / 4-bit)."""
+def _initializer_value(inits: dict, onnx_name: str, rows: int, graph: Path) -> np.ndarray:
+    """The float value of one initializer, as stored (fp32) or dequantized (int8 / 4-bit, whose
+    padded blocks are cut to the weight's ``rows``)."""
     if onnx_name in inits:
         return inits[onnx_name].astype(np.float32)
     if onnx_name + "_quantized" in inits:  # dynamic int8: (q - zero_point) * scale, per tensor or per column
         q = inits[onnx_name + "_quantized"].astype(np.float32)
         return (q - inits[onnx_name + "_zero_point"].astype(np.float32)) * inits[onnx_name + "_scale"]
     if onnx_name + "_Q4" in inits:
-        return dequantize_q4(inits[onnx_name + "_Q4"], inits[onnx_name + "_scales"], shape[0])
+        return dequantize_q4(inits[onnx_name + "_Q4"], inits[onnx_name + "_scales"], rows)
     raise ValueError(f"{graph} has no initializer {onnx_name!r} (plain or quantized); was it exported by needle export?")
 
 
@@ -112,12 +114,13 @@ def model_from_onnx(model_dir: str | Path, decoder_only: bool = False) -> Needle
 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "needle.json").read_text())
-    if _graph_map(meta, "decoder") is None or "config" not in meta:
+    decoder_map = _graph_map(meta, "decoder")
+    if decoder_map is None or "config" not in meta:
         raise ValueError(f"{model_dir} was exported without the initializer map needed to rebuild it; re-export it")
     config = NeedleConfig(**{k: v for k, v in meta["config"].items() if k in NeedleConfig().to_dict()})
     model = NeedleForToolCalling(config)
     params = dict(model.named_parameters())
-    graphs = [("decoder.onnx", _graph_map(meta, "decoder"), False)]
+    graphs = [("decoder.onnx", decoder_map, False)]
     if not decoder_only:
         graphs.append(("encoder.onnx", _graph_map(meta, "encoder") or _derived_encoder_map(config), True))
     loaded = set()
@@ -127,7 +130,7 @@ def model_from_onnx(model_dir: str | Path, decoder_only: bool = False) -> Needle
         for param_name, (onnx_name, transposed) in mapping.items():
             param = params[param_name]
             rows = param.shape[1] if transposed else param.shape[0]
-            value = _initializer_value(inits, onnx_name, (rows,), graph)
+            value = _initializer_value(inits, onnx_name, rows, graph)
             value = value.T if transposed else value
             if value.size != param.numel():
                 raise ValueError(f"{graph}: {onnx_name!r} holds {value.shape}, but {param_name} is {tuple(param.shape)}")

@@ -177,13 +177,12 @@ def save_checkpoint(model, optimizer, state: dict, out_dir: Path) -> None:
     (ckpt / "trainer_state.json").write_text(json.dumps(state, indent=1))
 
 
-def load_checkpoint(model, optimizer, out_dir: Path) -> dict:
+def load_training_state(optimizer, model, out_dir: Path) -> dict:
+    """The trainer state and Adam moments saved beside a checkpoint's weights (the model itself
+    is built from the checkpoint)."""
     from safetensors.torch import load_file
 
     ckpt = out_dir / "checkpoint"
-    from safetensors.torch import load_model
-
-    load_model(model, str(ckpt / "model.safetensors"))
     state = json.loads((ckpt / "trainer_state.json").read_text())
     moments = load_file(str(ckpt / "optimizer.safetensors"))
     for name, p in model.named_parameters():
@@ -250,7 +249,12 @@ def train(cfg: TrainConfig) -> Path:
 
     # a checkpoint in out_dir is resumed, whatever the run started from (init_from included)
     resume = (out_dir / "checkpoint" / "trainer_state.json").exists()
-    model = NeedleForToolCalling.from_pretrained(str(out_dir / "checkpoint")).float() if resume else build_model(cfg)
+    if resume:
+        from training.onnx_weights import load_student
+
+        model = load_student(out_dir / "checkpoint")
+    else:
+        model = build_model(cfg)
     enc_params = [p for n, p in model.named_parameters() if n.startswith("encoder.")]
     dec_params = [p for n, p in model.named_parameters() if not n.startswith("encoder.")]
     optimizer = torch.optim.AdamW([{"params": enc_params, "lr": cfg.encoder_lr}, {"params": dec_params, "lr": cfg.lr}],
@@ -258,7 +262,7 @@ def train(cfg: TrainConfig) -> Path:
     base_lrs = [cfg.encoder_lr, cfg.lr]
     state = {"step": 0, "examples": 0, "history": [], "config": asdict(cfg)}
     if resume:
-        state = load_checkpoint(model, optimizer, out_dir)
+        state = load_training_state(optimizer, model, out_dir)
         accelerator.print(f"resumed from step {state['step']}")
     model, optimizer = accelerator.prepare(model, optimizer)
     model.train()
