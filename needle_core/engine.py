@@ -19,7 +19,14 @@ from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batc
 from needle_core.errors import ModelFileError
 
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "needle.json", "manifest.json")
-MODEL_FORMAT = "needle-onnx/2"  # /2: the decoder graph takes [B, n] steps (forced actions fed in bulk)
+# /2: the decoder graph takes [B, n] steps (forced actions fed in bulk); /3: one K/V input and output
+# per decoder layer (no stacked cache split apart each step), fused attention in the encoder
+MODEL_FORMAT = "needle-onnx/3"
+
+
+def cache_names(prefix: str, layers: int) -> list[str]:
+    """Graph input/output names of a per-layer cache: ``cross_k.0``, ``cross_k.1``, ..."""
+    return [f"{prefix}.{i}" for i in range(layers)]
 
 
 def verify_model_dir(model_dir: Path) -> dict:
@@ -67,9 +74,11 @@ class OnnxEngine:
         self.dh = self.meta["d_model"] // self.heads
 
     def encode(self, id_lists: list[list[int]]) -> dict:
+        """Encoder states, pointer keys and per-layer cross-attention keys/values (lists)."""
         ids, mask = pad_ids(id_lists)
-        enc, cross_k, cross_v, ptr_keys = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})
-        return {"enc": enc, "attention_mask": mask, "cross_k": cross_k, "cross_v": cross_v, "ptr_keys": ptr_keys}
+        enc, *cross, ptr_keys = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})
+        return {"enc": enc, "attention_mask": mask, "cross_k": cross[:self.layers], "cross_v": cross[self.layers:],
+                "ptr_keys": ptr_keys}
 
     def embed(self, id_lists: list[list[int]]) -> np.ndarray:
         """Mean-pooled, normalised encoder states: the model's own embeddings, for tool retrieval."""
@@ -81,14 +90,18 @@ class OnnxEngine:
     def decode(self, decoders: list[CallDecoder], encoded: dict, max_steps: int = 256):
         """Constrained greedy decoding of a batch; returns [(calls, logprob, steps)]."""
         B = len(decoders)
-        feed = {k: encoded[k] for k in ("enc", "attention_mask", "cross_k", "cross_v", "ptr_keys")}
-        feed["past_k"] = feed["past_v"] = np.zeros((self.layers, B, self.heads, 0, self.dh), np.float32)
+        feed = {k: encoded[k] for k in ("enc", "attention_mask", "ptr_keys")}
+        feed.update(zip(cache_names("cross_k", self.layers), encoded["cross_k"]))
+        feed.update(zip(cache_names("cross_v", self.layers), encoded["cross_v"]))
+        past_names = cache_names("past_k", self.layers) + cache_names("past_v", self.layers)
+        feed.update(dict.fromkeys(past_names, np.zeros((B, self.heads, 0, self.dh), np.float32)))
 
         def step_fn(prev_actions: np.ndarray, kinds: np.ndarray) -> np.ndarray:
-            t, n = feed["past_k"].shape[3], prev_actions.shape[1]
+            t, n = feed["past_k.0"].shape[2], prev_actions.shape[1]
             feed.update(prev_action=decoder_inputs(prev_actions).astype(np.int64), kind=kinds.astype(np.int64),
                         step=np.repeat(np.arange(t, t + n, dtype=np.int64)[None], B, axis=0))
-            logits, feed["past_k"], feed["past_v"] = self.decoder.run(None, feed)
+            logits, *caches = self.decoder.run(None, feed)
+            feed.update(zip(past_names, caches))
             return logits
 
         return greedy_decode_batch(decoders, step_fn, max_steps=max_steps)

@@ -131,7 +131,7 @@ class NeedleForToolCalling(PreTrainedModel):
         """Logits [B, T, N_STRUCT + L]: structural actions, then input positions (padding masked)."""
         h = self.norm(h)
         struct = self.struct_head(h)
-        ptr = torch.einsum("btd,bld->btl", self.ptr_query(h), ptr_keys) * self.config.d_model ** -0.5
+        ptr = torch.matmul(self.ptr_query(h), ptr_keys.transpose(1, 2)) * self.config.d_model ** -0.5
         ptr = ptr.masked_fill(~attention_mask.bool().unsqueeze(1), -1e4)
         return torch.cat([struct, ptr], dim=-1)
 
@@ -167,10 +167,11 @@ class NeedleForToolCalling(PreTrainedModel):
 
         Inputs are [B, n]: feeding several steps at once lets the engine skip the model for
         actions the state machine forces (one call per real decision). ``cross_k/v`` and
-        ``past_k/v`` are stacked over layers: [layers, B, h, T, dh].
+        ``past_k/v`` hold one [B, h, T, dh] tensor per layer (separate graph inputs, so a step
+        never copies a stacked cache apart); the new caches come back the same way.
         """
         x = self.step_inputs(enc, prev_action, kind, step)
-        n, total = prev_action.shape[1], past_k.shape[3] + prev_action.shape[1]
+        n, total = prev_action.shape[1], past_k[0].shape[2] + prev_action.shape[1]
         # new step i sees the whole cache and the new steps up to itself
         self_mask = torch.arange(total, device=x.device) <= (torch.arange(n, device=x.device) + (total - n))[:, None]
         new_k, new_v = [], []
@@ -179,7 +180,7 @@ class NeedleForToolCalling(PreTrainedModel):
             new_k.append(k)
             new_v.append(v)
         logits = self.scores(x[:, -1:], ptr_keys, attention_mask)[:, 0]
-        return logits, torch.stack(new_k), torch.stack(new_v)
+        return logits, new_k, new_v
 
 
 def coarse_mask(kinds: torch.Tensor, pos_type: torch.Tensor) -> torch.Tensor:

@@ -138,6 +138,20 @@ def _decode_traced(engine, rendered, specs, tool_choice, monkeypatch):
     return [calls for calls, _, _ in out], trace
 
 
+def test_graphs_use_fused_attention_and_per_layer_caches(exported):
+    """The speed-ups of format /3 stay in the graphs: one MultiHeadAttention node per encoder
+    layer, and one K/V input and output per decoder layer (no stacked cache split each step)."""
+    import onnx
+
+    encoder = onnx.load(str(exported["fp32"] / "encoder.onnx")).graph
+    assert [n.op_type for n in encoder.node].count("MultiHeadAttention") == 2  # the tiny encoder's layers
+    decoder = onnx.load(str(exported["fp32"] / "decoder.onnx")).graph
+    inputs, outputs = [i.name for i in decoder.input], [o.name for o in decoder.output]
+    for prefix in ("cross_k", "cross_v", "past_k", "past_v"):
+        assert [name for name in inputs if name.startswith(prefix)] == [f"{prefix}.0", f"{prefix}.1"]
+    assert outputs == ["logits", "new_k.0", "new_k.1", "new_v.0", "new_v.1"]
+
+
 def test_encoder_outputs_match(engines, cases):
     onnx_engine, torch_engine = engines
     _, rendered = cases
@@ -293,9 +307,8 @@ def test_forced_steps_fed_together_equal_one_at_a_time(engines, cases, monkeypat
 
 def test_the_pytorch_model_is_rebuilt_from_a_model_folder(exported, tmp_path):
     """`load_student` on an exported folder gives back the checkpoint's weights: exactly from fp32
-    graphs, within the quantization step from mixed ones, and also from a folder exported before
-    the encoder's parameter map was recorded (the map is then derived; as in a trained model, no
-    two weights are equal there, so the exporter kept one initializer per parameter)."""
+    graphs, within the quantization step from mixed ones (weights perturbed as in a trained
+    model); a folder without the parameter maps is refused, naming what it lacks."""
     from needle_core.modeling_needle import NeedleForToolCalling
     from training.export import export_onnx, quantize, write_manifest
     from training.onnx_weights import load_student
@@ -313,14 +326,17 @@ def test_the_pytorch_model_is_rebuilt_from_a_model_folder(exported, tmp_path):
     trained_like.save_pretrained(str(tmp_path / "checkpoint"))
     fp32 = export_onnx(str(tmp_path / "checkpoint"), str(tmp_path / "fp32"))
     mixed = quantize(fp32, str(tmp_path / "mixed"), "mixed")
-    meta = json.loads((mixed / "needle.json").read_text())
-    del meta["encoder_params"]
-    (mixed / "needle.json").write_text(json.dumps(meta))
-    write_manifest(mixed)
     original = dict(trained_like.named_parameters())
     for name, p in load_student(mixed).named_parameters():
         step = original[name].abs().max() / 7  # a 4-bit block's scale is at most max/7
         assert torch.all((p - original[name]).abs() <= step + 1e-6), name
+
+    meta = json.loads((mixed / "needle.json").read_text())
+    del meta["encoder_params"]
+    (mixed / "needle.json").write_text(json.dumps(meta))
+    write_manifest(mixed)
+    with pytest.raises(ValueError, match="lacks encoder_params.*re-export"):
+        load_student(mixed)
 
 
 def test_a_model_folder_missing_a_weight_is_refused_by_name(exported, tmp_path):

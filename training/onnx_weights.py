@@ -8,14 +8,11 @@ dequantized: int8 weights are exact to their scale, 4-bit ones lose what quantiz
 
 The exporter renames transposed Linear weights (``onnx::MatMul_N``), so each graph's initializer
 is matched to its parameter by value once, at export (`initializer_map`, kept in
-``needle.json`` as ``decoder_params`` and ``encoder_params``). Folders exported before the
-encoder map was recorded get it by exporting a model of the same config with distinct random
-weights and matching those.
+``needle.json`` as ``decoder_params`` and ``encoder_params``).
 """
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -58,30 +55,6 @@ def initializer_map(model: NeedleForToolCalling, onnx_path: Path, encoder_graph:
     return out
 
 
-def _graph_map(meta: dict, graph: str) -> dict[str, list] | None:
-    """A graph's parameter map from ``needle.json``; folders exported before it was keyed by
-    parameter hold it keyed by initializer (``<graph>_initializers``)."""
-    if f"{graph}_params" in meta:
-        return meta[f"{graph}_params"]
-    legacy = meta.get(f"{graph}_initializers")
-    return {param: [onnx_name, transposed] for onnx_name, (param, transposed) in legacy.items()} if legacy else None
-
-
-def _derived_encoder_map(config: NeedleConfig) -> dict[str, list]:
-    """The encoder map of a folder exported before it was recorded: export a model of the same
-    config whose weights are all distinct, so matching by value is unambiguous."""
-    from training.export import export_encoder
-
-    model = NeedleForToolCalling(config).eval()
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator))
-    with tempfile.TemporaryDirectory() as tmp:
-        export_encoder(model, Path(tmp))
-        return initializer_map(model, Path(tmp) / "encoder.onnx", encoder_graph=True)
-
-
 def dequantize_q4(packed: np.ndarray, scales: np.ndarray, k: int) -> np.ndarray:
     """MatMulNBits weights ([N, blocks, 16] bytes, two 4-bit values each, zero point 8) -> [K, N] floats."""
     low, high = packed & 0x0F, packed >> 4
@@ -114,20 +87,19 @@ def model_from_onnx(model_dir: str | Path, decoder_only: bool = False) -> Needle
 
     model_dir = Path(model_dir)
     meta = json.loads((model_dir / "needle.json").read_text())
-    decoder_map = _graph_map(meta, "decoder")
-    if decoder_map is None or "config" not in meta:
-        raise ValueError(f"{model_dir} was exported without the initializer map needed to rebuild it; re-export it")
+    graphs = [("decoder.onnx", "decoder_params", False)] + ([] if decoder_only else [("encoder.onnx", "encoder_params", True)])
+    lacking = [key for _, key, _ in graphs if key not in meta] + ([] if "config" in meta else ["config"])
+    if lacking:
+        raise ValueError(f"{model_dir}/needle.json lacks {', '.join(lacking)}, needed to rebuild the PyTorch model "
+                         f"(exported by an older needle export: re-export its checkpoint)")
     config = NeedleConfig(**{k: v for k, v in meta["config"].items() if k in NeedleConfig().to_dict()})
     model = NeedleForToolCalling(config)
     params = dict(model.named_parameters())
-    graphs = [("decoder.onnx", decoder_map, False)]
-    if not decoder_only:
-        graphs.append(("encoder.onnx", _graph_map(meta, "encoder") or _derived_encoder_map(config), True))
     loaded = set()
-    for graph_name, mapping, encoder_graph in graphs:
+    for graph_name, map_key, encoder_graph in graphs:
         graph = model_dir / graph_name
         inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(graph)).graph.initializer}
-        for param_name, (onnx_name, transposed) in mapping.items():
+        for param_name, (onnx_name, transposed) in meta[map_key].items():
             param = params[param_name]
             rows = param.shape[1] if transposed else param.shape[0]
             value = _initializer_value(inits, onnx_name, rows, graph)

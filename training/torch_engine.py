@@ -43,10 +43,8 @@ class TorchEngine:
         """Same padding and outputs as ``OnnxEngine.encode`` (numpy arrays)."""
         ids, mask = pad_ids(id_lists)
         enc, cross, ptr_keys = self.model.encode(torch.from_numpy(ids), torch.from_numpy(mask))
-        cross_k = torch.stack([k for k, _ in cross])
-        cross_v = torch.stack([v for _, v in cross])
-        return {"enc": enc.numpy(), "attention_mask": mask, "cross_k": cross_k.numpy(), "cross_v": cross_v.numpy(),
-                "ptr_keys": ptr_keys.numpy()}
+        return {"enc": enc.numpy(), "attention_mask": mask, "cross_k": [k.numpy() for k, _ in cross],
+                "cross_v": [v.numpy() for _, v in cross], "ptr_keys": ptr_keys.numpy()}
 
     def embed(self, id_lists: list[list[int]]) -> np.ndarray:
         """Mean-pooled, normalised encoder states (as ``OnnxEngine.embed``, for tool ranking)."""
@@ -57,10 +55,11 @@ class TorchEngine:
 
     def step_fn(self, encoded: dict, batch: int, trace: list | None = None) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
         """A `greedy_decode_batch` step function with its own KV cache; ``trace`` collects the logits."""
-        t = {name: torch.from_numpy(np.ascontiguousarray(encoded[name]))
-             for name in ("enc", "attention_mask", "cross_k", "cross_v", "ptr_keys")}
+        t = {name: torch.from_numpy(np.ascontiguousarray(encoded[name])) for name in ("enc", "attention_mask", "ptr_keys")}
+        for name in ("cross_k", "cross_v"):
+            t[name] = [torch.from_numpy(np.ascontiguousarray(layer)) for layer in encoded[name]]
         cross_mask = t["attention_mask"].bool()[:, None, None, :]
-        empty = torch.zeros(self.layers, batch, self.heads, 0, self.dh)
+        empty = [torch.zeros(batch, self.heads, 0, self.dh)] * self.layers
         state = {"past_k": empty, "past_v": empty, "t": 0}
 
         @torch.inference_mode()
