@@ -52,6 +52,16 @@ def parse_number(text: str) -> float | int | None:
     return _WORD_NUMBERS.get(t.lower())
 
 
+_NUMBER_WORD_STARTS = frozenset(word.split()[0] for word in _WORD_NUMBERS)
+
+
+def _may_start_number(token_text: str) -> bool:
+    """Can a span starting with this token spell a number (`parse_number`)? A cheap test that
+    spares parsing every span of the request."""
+    t = token_text.strip()
+    return t[:1].isdigit() or t[:1] in "+-." or t.lower() in _NUMBER_WORD_STARTS
+
+
 _MONTHS = {name: i + 1 for i, names in enumerate((
     "january jan", "february feb", "march mar", "april apr", "may", "june jun", "july jul",
     "august aug", "september sep sept", "october oct", "november nov", "december dec")) for name in names.split()}
@@ -305,9 +315,9 @@ class CallDecoder:
     def _number_spans(self) -> list[tuple[int, int, str]]:
         cached = self._valid_spans_cache.get("numbers")
         if cached is None:
-            cached = [(int(s), e, text) for s in self.text_pos
-                      for e in sorted(self.unit_cuts(int(s), 8) + self.word_ends(int(s), 8))
-                      if parse_number(text := self.r.span_text(int(s), e)) is not None]
+            starts = [int(s) for s in self.text_pos if _may_start_number(self.r.span_text(int(s), int(s)))]
+            cached = [(s, e, text) for s in starts for e in sorted(self.unit_cuts(s, 8) + self.word_ends(s, 8))
+                      if parse_number(text := self.r.span_text(s, e)) is not None]
             self._valid_spans_cache["numbers"] = cached
         return cached
 
