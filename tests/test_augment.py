@@ -44,11 +44,22 @@ SYNTHETIC = [
 ]
 
 
+# Without ../shared/data the pool is the synthetic examples' tools plus these, from another field
+# (negatives and distractors never take a tool of the request's own field).
+UNRELATED_TOOLS = [
+    {"name": "play_song", "description": "Play a song by its title.",
+     "parameters": {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}},
+    {"name": "convert_currency", "description": "Convert an amount of money between currencies.",
+     "parameters": {"type": "object", "properties": {"amount": {"type": "number"}, "to": {"type": "string"}},
+                    "required": ["amount", "to"]}},
+]
+
+
 @pytest.fixture(scope="module")
 def pool():
     if DATA.is_dir():
         return A.load_tool_pool(DATA)
-    return A.pool_from_examples(SYNTHETIC)
+    return A.pool_from_examples(SYNTHETIC + [{"source": "unrelated", "tools": UNRELATED_TOOLS}])
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +316,25 @@ def test_augment_weights_choose_the_kinds(recorded, pool):
     assert stats and not any(k.endswith((": zip", ": negative")) for k in stats), stats
     with pytest.raises(ValueError, match="unknown augmentation kind.*'zipper'"):
         A.augment(recorded[:2], weights={"zipper": 1})
+
+
+def test_restate_names_every_argument_before_its_value(pool):
+    """`restate` asks for the same call in words: the tool's description as a request, each value
+    after its parameter's name; other calls (none, several, non-scalar values) are left alone."""
+    ctx = ctx_for(SYNTHETIC, pool)
+    made = [A.restate(SYNTHETIC[2], ctx, random.Random(seed)) for seed in range(12)]
+    assert all(m is not None for m in made)
+    for m in made:
+        text = m["messages"][0]["content"]
+        assert m["calls"] == SYNTHETIC[2]["calls"] and validate_example(m) == []
+        assert text.startswith(("Find flights leaving a city", "Please find flights", "I need to find flights"))
+        assert "origin city" in text and "max stops" in text
+        assert text.index("origin city") < text.index("Berlin") and text.index("max stops") < text.index("1")
+    assert len({m["messages"][0]["content"] for m in made}) > 3  # templates and argument order vary
+    assert A.restate(SYNTHETIC[3], ctx, random.Random(0)) is None  # no call
+    listed = ex(9, "Flights from Oslo or Bergen", [FLIGHTS],
+                [{"name": "searchFlights", "arguments": {"origin_city": ["Oslo", "Bergen"]}}])
+    assert A.restate(listed, ctx, random.Random(0)) is None
+    assert A._as_request("Calculates the area of a circle.") == "Calculate the area of a circle"
+    assert A._as_request("Fetches the latest news. Needs a key.") == "Fetch the latest news"
+    assert A._as_request("The weather API") is None

@@ -50,8 +50,8 @@ STOPWORDS = frozenset((
 ))
 
 # variant kinds and their weights
-KINDS = ("variant", "negative", "merge", "fan_out", "repeat", "zip")
-KIND_WEIGHTS = (0.50, 0.14, 0.08, 0.10, 0.08, 0.10)
+KINDS = ("variant", "negative", "merge", "fan_out", "repeat", "zip", "restate")
+KIND_WEIGHTS = (0.50, 0.14, 0.08, 0.10, 0.08, 0.10, 0.0)  # restate: off until a run measures it
 MAX_TOOLS = 8  # keeps the rendered input inside the model's 512 positions
 
 
@@ -587,6 +587,66 @@ def repeat(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     return new
 
 
+_NOT_A_VERB = frozenset("a an the this that these it its your our my all any each one some".split())
+_RESTATED = ("{what} with {args}.", "{what}: {args}.", "{what}, where {args_is}.", "Please {what_lower} using {args}.",
+             "I need to {what_lower}; {args_is}.", "{what} for {args}.")
+
+
+def _as_request(description: str) -> str | None:
+    """A tool description's first sentence said as a request: "Calculates the area of a circle."
+    -> "Calculate the area of a circle" (None unless it starts with a verb-like word)."""
+    first = re.split(r"(?<=[.!?])\s", description.strip(), maxsplit=1)[0].rstrip(".!?: ")
+    words = first.split()
+    if not 3 <= len(words) <= 16 or not words[0].isalpha() or words[0].lower() in _NOT_A_VERB:
+        return None
+    verb = words[0].lower()
+    if verb.endswith(("ches", "shes", "sses", "xes")):
+        verb = verb[:-2]
+    elif verb.endswith("ies"):
+        verb = verb[:-3] + "y"
+    elif verb.endswith("s") and not verb.endswith("ss"):
+        verb = verb[:-1]
+    return " ".join([verb.capitalize()] + words[1:])
+
+
+def restate(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
+    """One call -> the same call asked for in words that name each argument: "Calculate the
+    compound annual growth rate with final value 3000, initial value 2000 and period in years 4".
+    The tool's description says what to do and each value follows its parameter's name, in
+    shuffled order, so the pairing is learnt from the names rather than from positions (BFCL's
+    requests are often worded so; the recorded sets rarely are). Scalar string and number
+    arguments only."""
+    if not (_user_only(ex) and len(ex["calls"]) == 1):
+        return None
+    call = ex["calls"][0]
+    tool = next((t for t in ex["tools"] if t["name"] == call["name"]), None)
+    what = _as_request(str((tool or {}).get("description", "")))
+    args = list(call["arguments"].items())
+    if what is None or not args:
+        return None
+    stated = []
+    for key, value in args:
+        words = " ".join(name_words(key)).lower()
+        if not words or not all(len(w) > 1 and re.search("[aeiouy]", w) for w in words.split()):
+            return None  # no name to say ("jCSggfMVoW", "p1")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            return None
+        text = str(value)
+        if not text.strip() or text != text.strip() or len(text) > 60 or "\n" in text:
+            return None
+        stated.append((words, text))
+    rng.shuffle(stated)
+    def joined(parts: list[str]) -> str:
+        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    template = rng.choice(_RESTATED)
+    request = template.format(what=what, what_lower=what[0].lower() + what[1:],
+                              args=joined([f"{w} {v}" for w, v in stated]),
+                              args_is=joined([f"{w} is {v}" for w, v in stated]))
+    new = copy.deepcopy(ex)
+    new["messages"] = [{"role": "user", "content": request}]
+    return new
+
+
 def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
     """A composition: maybe substitute a value, maybe rename, usually add distractors; always shuffle."""
     new = ex
@@ -601,7 +661,7 @@ def make_variant(ex: dict, ctx: _Context, rng: random.Random) -> dict:
 
 
 _MAKERS = {"variant": make_variant, "negative": make_negative, "merge": merge, "fan_out": fan_out, "repeat": repeat,
-           "zip": zip_values}
+           "zip": zip_values, "restate": restate}
 
 
 # ---- the entry point ----------------------------------------------------------------------------
