@@ -25,8 +25,9 @@ MODEL_FORMAT = "needle-onnx/3"
 
 
 def cache_names(prefix: str, layers: int) -> list[str]:
-    """Graph input/output names of a per-layer cache: ``cross_k.0``, ``cross_k.1``, ..."""
-    return [f"{prefix}.{i}" for i in range(layers)]
+    """Graph input/output names of a per-layer K/V cache, keys first: ``cross_k.0``, ``cross_k.1``,
+    ..., ``cross_v.0``, ``cross_v.1``, ... (the order the graphs take and return them in)."""
+    return [f"{prefix}_{kv}.{i}" for kv in "kv" for i in range(layers)]
 
 
 def verify_model_dir(model_dir: Path) -> dict:
@@ -91,9 +92,8 @@ class OnnxEngine:
         """Constrained greedy decoding of a batch; returns [(calls, logprob, steps)]."""
         B = len(decoders)
         feed = {k: encoded[k] for k in ("enc", "attention_mask", "ptr_keys")}
-        feed.update(zip(cache_names("cross_k", self.layers), encoded["cross_k"]))
-        feed.update(zip(cache_names("cross_v", self.layers), encoded["cross_v"]))
-        past_names = cache_names("past_k", self.layers) + cache_names("past_v", self.layers)
+        feed.update(zip(cache_names("cross", self.layers), encoded["cross_k"] + encoded["cross_v"]))
+        past_names = cache_names("past", self.layers)
         feed.update(dict.fromkeys(past_names, np.zeros((B, self.heads, 0, self.dh), np.float32)))
 
         def step_fn(prev_actions: np.ndarray, kinds: np.ndarray) -> np.ndarray:

@@ -113,10 +113,13 @@ class NeedleForToolCalling(PreTrainedModel):
 
     # -- pieces shared by training and the exported graphs --
     def encode(self, input_ids, attention_mask):
-        """Encoder states and what every decoder step reuses: cross K/V per layer, pointer keys."""
+        """Encoder states and what every decoder step reuses (`decoder_memory`)."""
         enc = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        cross = [layer.cross_attn.kv(enc) for layer in self.layers]
-        return enc, cross, self.ptr_key(enc)
+        return (enc, *self.decoder_memory(enc))
+
+    def decoder_memory(self, enc):
+        """What every decoder step reuses from the encoder states: cross K/V per layer, pointer keys."""
+        return [layer.cross_attn.kv(enc) for layer in self.layers], self.ptr_key(enc)
 
     def step_inputs(self, enc, prev_actions, kinds, steps):
         """Decoder input embeddings: previous action (structural or pointed-at state) + kind + step."""

@@ -478,6 +478,11 @@ def _other_values(key: str, value: Any, ctx: _Context, rng: random.Random, n: in
     return [round(value * rng.uniform(0.3, 3.0), 1) or 1.5 for _ in range(n)]
 
 
+def _spoken_list(parts: list[str]) -> str:
+    """``["a"]`` -> "a", ``["a", "b"]`` -> "a and b", ``["a", "b", "c"]`` -> "a, b and c"."""
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
 def fan_out(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     """One call -> the same tool called for two or three values of one argument.
 
@@ -495,7 +500,7 @@ def fan_out(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
     if not extra or len({str(v) for v in extra}) < len(extra):
         return None
     spelled = [str(v) for v in [value] + extra]
-    joined = " and ".join(spelled) if len(spelled) == 2 else f"{spelled[0]}, {spelled[1]} and {spelled[2]}"
+    joined = _spoken_list(spelled)
     new = copy.deepcopy(ex)
     new["messages"][0]["content"] = _word_pattern(str(value)).sub(lambda _: joined, user, count=1)
     base = new["calls"][0]
@@ -540,10 +545,10 @@ def zip_values(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
             if quote and user[end:end + 1] == quote:  # "A" -> "A" and "B", each value in its quotes
                 start, end = start - 1, end + 1
             items = [f"{quote}{w}{quote}" if quote and user[end - 1:end] == quote else str(w) for w in [v] + extra[k]]
-            text = text[:start] + (" and ".join(items) if n == 1 else f"{items[0]}, {items[1]} and {items[2]}") + text[end:]
+            text = text[:start] + _spoken_list(items) + text[end:]
         text = f"{text} respectively{mark or '.'}"
     else:
-        text = rng.choice(_AGAIN).format(request=text, values=" and ".join(str(extra[k][0]) for _, k, _ in spans))
+        text = rng.choice(_AGAIN).format(request=text, values=_spoken_list([str(extra[k][0]) for _, k, _ in spans]))
     new = copy.deepcopy(ex)
     new["messages"][0]["content"] = text
     base = new["calls"][0]
@@ -636,12 +641,10 @@ def restate(ex: dict, ctx: _Context, rng: random.Random) -> dict | None:
             return None
         stated.append((words, text))
     rng.shuffle(stated)
-    def joined(parts: list[str]) -> str:
-        return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     template = rng.choice(_RESTATED)
     request = template.format(what=what, what_lower=what[0].lower() + what[1:],
-                              args=joined([f"{w} {v}" for w, v in stated]),
-                              args_is=joined([f"{w} is {v}" for w, v in stated]))
+                              args=_spoken_list([f"{w} {v}" for w, v in stated]),
+                              args_is=_spoken_list([f"{w} is {v}" for w, v in stated]))
     new = copy.deepcopy(ex)
     new["messages"] = [{"role": "user", "content": request}]
     return new

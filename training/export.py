@@ -68,8 +68,8 @@ class _Encoder(torch.nn.Module):
                                                 attention_mask, heads)
             x = attn.output.LayerNorm(attn.output.dense(context) + x)
             x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-        cross = [layer.cross_attn.kv(x) for layer in self.model.layers]
-        return (x, *[k for k, _ in cross], *[v for _, v in cross], self.model.ptr_key(x))
+        cross, ptr_keys = self.model.decoder_memory(x)
+        return (x, *[k for k, _ in cross], *[v for _, v in cross], ptr_keys)
 
 
 class _DecoderStep(torch.nn.Module):
@@ -106,8 +106,7 @@ def _example_inputs(model, B: int = 1, L: int = 24):
 
 def export_encoder(model, out: Path, opset: int = 17) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    layers = model.config.decoder_layers
-    caches = cache_names("cross_k", layers) + cache_names("cross_v", layers)
+    caches = cache_names("cross", model.config.decoder_layers)
     dynamic = {"input_ids": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"}, "enc": {0: "B", 1: "L"},
                "ptr_keys": {0: "B", 1: "L"}, **{name: {0: "B", 2: "L"} for name in caches}}
     with torch.no_grad():
@@ -123,9 +122,7 @@ def export_decoder(model, out: Path, opset: int = 17) -> None:
     cfg = model.config
     d, layers, heads, B, T, n = cfg.d_model, cfg.decoder_layers, cfg.decoder_heads, 1, 3, 2
     ids, mask = _example_inputs(model, B)
-    cross_names = cache_names("cross_k", layers) + cache_names("cross_v", layers)
-    past_names = cache_names("past_k", layers) + cache_names("past_v", layers)
-    new_names = cache_names("new_k", layers) + cache_names("new_v", layers)
+    cross_names, past_names, new_names = (cache_names(prefix, layers) for prefix in ("cross", "past", "new"))
     dynamic = {"enc": {0: "B", 1: "L"}, "attention_mask": {0: "B", 1: "L"}, "ptr_keys": {0: "B", 1: "L"},
                "prev_action": {0: "B", 1: "n"}, "kind": {0: "B", 1: "n"}, "step": {0: "B", 1: "n"},
                "logits": {0: "B", 1: "A"}, **{name: {0: "B", 2: "L"} for name in cross_names},
