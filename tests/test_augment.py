@@ -338,3 +338,36 @@ def test_restate_names_every_argument_before_its_value(pool):
     assert A._as_request("Calculates the area of a circle.") == "Calculate the area of a circle"
     assert A._as_request("Fetches the latest news. Needs a key.") == "Fetch the latest news"
     assert A._as_request("The weather API") is None
+
+
+_DISTRACTORS_OF_TWO_FIELDS = """
+import json, random, sys
+from training import augment as A
+pool = A.load_tool_pool(sys.argv[1])
+fields = sorted(pool.by_field)[:12]
+out = []
+for a, b in zip(fields[::2], fields[1::2]):
+    tools = [pool.tools[pool.by_field[f][0]] for f in (a, b)]
+    ex = {"messages": [{"role": "user", "content": "do both"}], "tools": tools, "source": "x", "teacher": "t",
+          "id": "x/1", "calls": [{"name": t["name"], "arguments": {}} for t in tools]}
+    ctx = A.make_context([ex], pool)
+    made = [A.add_distractors(ex, ctx, random.Random(seed)) for seed in range(20)]
+    out += [[t["name"] for t in m["tools"]] if m else None for m in made]
+print(json.dumps(out))
+"""
+
+
+@needs_data
+def test_distractors_do_not_depend_on_string_hashing():
+    """Same examples + seed -> same output in every process: the same-field candidates of a request
+    whose tools come from two fields were once listed in set order, which Python's string hashing
+    changes from run to run."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    runs = [subprocess.run([sys.executable, "-c", _DISTRACTORS_OF_TWO_FIELDS, str(DATA)], cwd=root, check=True,
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")]
+    assert json.loads(runs[0]) and runs[0] == runs[1] == runs[2]

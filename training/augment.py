@@ -191,7 +191,7 @@ def add_distractors(ex: dict, ctx: _Context, rng: random.Random, k: int | None =
     request = content_words(_text(ex))
     declared = frozenset().union(*(g[0] for g in golds))
     gold_fields = {f for f in (ctx.pool.field_of(n) for n in names) if f}
-    hard: list[dict] = [ctx.pool.tools[i] for f in gold_fields for i in ctx.pool.by_field.get(f, [])]
+    hard: list[dict] = [ctx.pool.tools[i] for f in sorted(gold_fields) for i in ctx.pool.by_field.get(f, [])]
     hard += ctx.source_tools.get(ex["source"], [])
     chosen: list[dict] = []
     for _ in range(k * 6):  # a few tries per slot: candidates are filtered
