@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from needle_core.callformat import N_STRUCT, Renderer
-from needle_core.decoding import (CallDecoder, DecodeError, encode_calls, greedy_decode_batch, parse_date, parse_number,
-                                   span_value)
+from needle_core.decoding import (CallDecoder, DecodeError, date_format, encode_calls, greedy_decode_batch, parse_date,
+                                   parse_number, span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
 
 RENDERER = Renderer()
@@ -200,7 +200,9 @@ def test_exact_text_is_copied_back():
     assert decoder.calls() == [call]
 
 
-def test_an_identical_call_is_returned_once():
+def test_a_later_call_that_brings_no_new_value_is_dropped():
+    """An identical call repeated, or the same values reshuffled across parameters, is not a
+    further call; a later call with one new value (Rome, the days shared) is."""
     rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for 3 days, and in Rome for 3 days"}],
                                [WEATHER])
     paris = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
@@ -208,6 +210,14 @@ def test_an_identical_call_is_returned_once():
     decoder = CallDecoder(rendered, [WEATHER])
     encode_calls(decoder, [paris, paris, rome])
     assert decoder.done and decoder.calls() == [paris, rome]
+
+    gcd = to_tool_spec({"name": "gcd", "parameters": {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "gcd of 12 and 18, and of 12 and 30"}], [gcd])
+    calls = [{"name": "gcd", "arguments": {"a": a, "b": b}} for a, b in ((12, 18), (18, 12), (12, 30), (30, 18))]
+    decoder = CallDecoder(rendered, [gcd])
+    encode_calls(decoder, calls)
+    assert decoder.calls() == [calls[0], calls[2]]
 
 
 def test_the_step_in_place_of_a_left_out_argument_is_marked_unsure():
@@ -271,10 +281,24 @@ def test_parse_number(text, value):
 
 @pytest.mark.parametrize("text,iso", [
     ("March 8th, 2023", "2023-03-08"), ("the 8th of March 2023", "2023-03-08"), ("8 Mar 2023", "2023-03-08"),
-    ("Sept. 3 2020", "2020-09-03"), ("November 25, 2013", "2013-11-25"),
-    ("February 30, 2023", None), ("March 8", None), ("2023-03-08", None), ("May 2023", None)])
+    ("Sept. 3 2020", "2020-09-03"), ("November 25, 2013", "2013-11-25"), ("2023-03-08", "2023-03-08"),
+    ("2023/3/8", "2023-03-08"), ("February 30, 2023", None), ("March 8", None), ("May 2023", None),
+    ("03/04/2023", None), ("2023-13-01", None)])
 def test_parse_date(text, iso):
-    assert parse_date(text) == iso
+    day = parse_date(text)
+    assert (day.isoformat() if day else None) == iso
+
+
+@pytest.mark.parametrize("description,form", [
+    ("The date, formatted as 'YYYY-MM-DD'.", "%Y-%m-%d"), ("Date in the format 'yyyy-MM-dd'", "%Y-%m-%d"),
+    ("The date of the event (e.g., DD/MM/YYYY)", "%d/%m/%Y"), ("Appointment date, MM-DD-YYYY", "%m-%d-%Y"),
+    ("Day as M/D/YY", "%m/%d/%y"), ("Filed after, in the format of MM-DD-YYY", "%m-%d-%Y"),
+    ("The check-in date (e.g., 2022-10-15)", "%Y-%m-%d"), ("The date on which the test was performed", "%Y-%m-%d"),
+    ("The date of the event (e.g., January 1st, 2022)", None), ("When, as YYYY-MM-DDTHH:MM:SS", None),
+    ("Start, YYYY-MM-DD HH:MM", None), ("The start time (e.g., 2022-01-01 09:00:00)", None),
+    ("The date and time of the meeting", None), ("The name of the city", None)])
+def test_date_format_follows_the_description(description, form):
+    assert date_format({"type": "string", "description": description}) == form
 
 
 def test_a_percentage_is_a_fraction_where_the_parameter_asks_for_a_decimal():
@@ -310,6 +334,9 @@ def test_a_named_date_is_written_as_the_iso_date_a_parameter_asks_for():
     timestamp = {"type": "string", "description": "When, as YYYY-MM-DDTHH:MM:SS"}
     assert span_value("8th of March 2023", timestamp) == (True, "8th of March 2023")
     assert span_value("8th of March 2023", {"type": "string", "format": "date"}) == (True, "2023-03-08")
+    day_first = {"type": "string", "description": "The date of the event (e.g., DD/MM/YYYY)"}
+    assert span_value("20th May 2022", day_first) == (True, "20/05/2022")
+    assert span_value("2022-05-20", day_first) == (True, "20/05/2022")
 
 
 def test_disallowed_action_is_refused():

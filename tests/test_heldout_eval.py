@@ -1,18 +1,18 @@
-"""`needle eval heldout`: held-out requests and their several-calls variants, scored exactly."""
+"""`needle eval heldout`: held-out requests and their variants (several calls, reworded), scored exactly."""
 import json
 import types
 
 from needle_core.cli import main
-from training.heldout_eval import evaluate_heldout, heldout_set
+from training.heldout_eval import REWORDED, SEVERAL_CALLS, evaluate_heldout, heldout_set
 
 
-def tool(name, props):
-    return {"name": name, "description": f"{name} tool",
+def tool(name, description, props):
+    return {"name": name, "description": description,
             "parameters": {"type": "object", "properties": props, "required": list(props)}}
 
 
-BMI = tool("bmi", {"height": {"type": "integer"}, "weight": {"type": "integer"}})
-WEATHER = tool("get_weather", {"city": {"type": "string", "description": "City name"}})
+BMI = tool("bmi", "Computes the body mass index of a person.", {"height": {"type": "integer"}, "weight": {"type": "integer"}})
+WEATHER = tool("get_weather", "Weather for a city", {"city": {"type": "string", "description": "City name"}})
 HELDOUT = [
     {"messages": [{"role": "user", "content": "Compute the BMI for a height of 180 cm and a weight of 75 kg."}],
      "tools": [BMI], "calls": [{"name": "bmi", "arguments": {"height": 180, "weight": 75}}],
@@ -22,31 +22,39 @@ HELDOUT = [
 ]
 
 
-def test_heldout_set_adds_several_calls_variants():
+def test_heldout_set_adds_several_calls_and_reworded_variants():
     labelled = heldout_set(HELDOUT, copies=3)
     kinds = [k for k, _ in labelled]
     assert kinds[:2] == ["plain", "plain"] and [ex for _, ex in labelled[:2]] == HELDOUT
     variants = labelled[2:]
-    assert variants and {k for k, _ in variants} <= {"fan_out", "repeat", "zip"}
+    assert {k for k, _ in variants} == set(SEVERAL_CALLS + REWORDED)
     for kind, ex in variants:
-        assert ex["id"].startswith("synthetic/1~" + kind) and len(ex["calls"]) >= 2
-        assert all(c["name"] == "bmi" for c in ex["calls"])
+        assert ex["id"].startswith(("synthetic/1~" + kind, "synthetic/2~" + kind))
+        original = HELDOUT[0] if ex["id"].startswith("synthetic/1") else HELDOUT[1]
+        if kind in SEVERAL_CALLS:
+            assert len(ex["calls"]) >= 2 and all(c["name"] == "bmi" for c in ex["calls"])
+        else:  # the same answer in other words or tool names: as many calls, same values
+            assert ex["messages"] != original["messages"] or ex["tools"] != original["tools"]
+            assert len(ex["calls"]) == len(original["calls"])
 
 
 def test_exact_match_per_kind():
-    """A model that answers the plain requests right and never calls twice: plain 1.0, variants 0."""
+    """A model that answers every request's first call right and never calls twice: the plain
+    and reworded kinds 1.0, the several-calls kinds 0."""
     labelled = heldout_set(HELDOUT, copies=2)
 
     class OneCall:
         def call(self, messages, tools):
-            gold = next(ex["calls"] for _, ex in labelled if ex["messages"] == messages)[:1]
+            gold = next(ex["calls"] for _, ex in labelled if ex["messages"] == messages and ex["tools"] == tools)[:1]
             calls = [types.SimpleNamespace(name=c["name"], arguments=c["arguments"]) for c in gold]
             return types.SimpleNamespace(calls=calls, logprob=0.0)
 
     results = evaluate_heldout(OneCall(), labelled, progress=False)
     assert results["kinds"]["plain"] == {"correct": 2, "total": 2, "accuracy": 1.0}
-    assert all(r["correct"] == 0 for k, r in results["kinds"].items() if k != "plain")
-    assert results["total"] == len(labelled) and results["accuracy"] == 2 / len(labelled)
+    assert all(r["accuracy"] == (0 if k in SEVERAL_CALLS else 1) for k, r in results["kinds"].items())
+    assert results["groups"]["plain and reworded"]["accuracy"] == 1 and results["groups"]["several calls"]["correct"] == 0
+    several = results["groups"]["several calls"]["total"]
+    assert results["total"] == len(labelled) and results["correct"] == len(labelled) - several
 
 
 def test_cli_scores_the_bundled_model(tmp_path, capsys):

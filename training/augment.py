@@ -688,11 +688,12 @@ def make_context(examples: list[dict], pool: ToolPool | None = None, stats: Coun
                     stats=stats if stats is not None else Counter())
 
 
-def parallel_variants(examples: list[dict], copies: int = 6, seed: int = 11,
-                      kinds: tuple[str, ...] = ("fan_out", "repeat", "zip")) -> list[tuple[str, dict]]:
-    """(kind, variant): up to ``copies`` variants of each example per kind of several-calls
-    transform, ``id`` suffixed ``~kind<k>`` like `augment`'s: a check of several calls of one
-    tool built from held-out requests, on which decoding choices are tuned instead of BFCL."""
+def variants_of(examples: list[dict], kinds: tuple[str, ...], copies: int = 6,
+                seed: int = 11) -> list[tuple[str, dict]]:
+    """(kind, variant): up to ``copies`` variants of each example per augmentation kind, ``id``
+    suffixed ``~kind<k>`` like `augment`'s (a variant that left the example as it was is
+    skipped); the held-out check (`training.heldout_eval`) is built from them, so that decoding
+    choices are tuned on held-out requests instead of BFCL."""
     ctx = make_context(examples)
     out = []
     for kind in kinds:
@@ -700,8 +701,9 @@ def parallel_variants(examples: list[dict], copies: int = 6, seed: int = 11,
             rng = random.Random(seed + k)
             for ex in examples:
                 new = _MAKERS[kind](ex, ctx, rng)
-                if new is not None and not validate_example(new):
-                    out.append((kind, {**new, "id": f"{ex['id']}~{kind}{k}"}))
+                if new is None or validate_example(new) or all(new[f] == ex[f] for f in ("messages", "tools", "calls")):
+                    continue
+                out.append((kind, {**new, "id": f"{ex['id']}~{kind}{k}"}))
     return out
 
 
