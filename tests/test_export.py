@@ -140,12 +140,15 @@ def _decode_traced(engine, rendered, specs, tool_choice, monkeypatch):
 
 def test_graphs_use_fused_attention_and_per_layer_caches(exported):
     """The speed-ups of format /3 stay in the graphs: one MultiHeadAttention node per encoder
-    layer, and one K/V input and output per decoder layer (no stacked cache split each step)."""
+    layer and two per decoder layer (self-attention on the cache, cross-attention), and one K/V
+    input and output per decoder layer (no stacked cache split each step)."""
     import onnx
 
     encoder = onnx.load(str(exported["fp32"] / "encoder.onnx")).graph
     assert [n.op_type for n in encoder.node].count("MultiHeadAttention") == 2  # the tiny encoder's layers
     decoder = onnx.load(str(exported["fp32"] / "decoder.onnx")).graph
+    assert [n.op_type for n in decoder.node].count("MultiHeadAttention") == 4  # 2 layers x (self, cross)
+    assert "Softmax" not in {n.op_type for n in decoder.node}
     inputs, outputs = [i.name for i in decoder.input], [o.name for o in decoder.output]
     for prefix in ("cross_k", "cross_v", "past_k", "past_v"):
         assert [name for name in inputs if name.startswith(prefix)] == [f"{prefix}.0", f"{prefix}.1"]

@@ -27,24 +27,54 @@ from needle_core.engine import MODEL_FORMAT, cache_names
 MODEL_FILES = ("encoder.onnx", "decoder.onnx", "needle.json")
 
 
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, T, D] -> [B, heads, T, D / heads]."""
+    B, T, D = x.shape
+    return x.view(B, T, heads, D // heads).transpose(1, 2)
+
+
 class _MultiHeadAttention(torch.autograd.Function):
-    """Attention of projected queries, keys and values [B, L, D] over the unpadded keys: PyTorch's
-    SDPA when run, one ONNX Runtime ``com.microsoft.MultiHeadAttention`` node when exported (in
-    place of the ~15 reshape / transpose / mask / softmax nodes of the traced SDPA; the int8
-    encoder runs ~13% faster, README "Speed and size")."""
+    """Attention of projected queries [B, S, D] over keys and values ([B, L, D], or already split
+    per head [B, h, L, dh] as the decoder's cached cross-attention ones are), unpadded keys only:
+    PyTorch's SDPA when run, one ONNX Runtime ``com.microsoft.MultiHeadAttention`` node when
+    exported (in place of the ~15 reshape / transpose / mask / softmax nodes of the traced SDPA;
+    the int8 encoder runs ~13% faster, README "Speed and size")."""
 
     @staticmethod
     def forward(ctx, q, k, v, attention_mask, heads: int):
-        B, L, D = q.shape
-        q, k, v = (x.view(B, L, heads, D // heads).transpose(1, 2) for x in (q, k, v))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask.bool()[:, None, None, :])
-        return out.transpose(1, 2).reshape(B, L, D)
+        B, S, D = q.shape
+        k, v = (x if x.dim() == 4 else _split_heads(x, heads) for x in (k, v))
+        out = F.scaled_dot_product_attention(_split_heads(q, heads), k, v,
+                                             attn_mask=attention_mask.bool()[:, None, None, :])
+        return out.transpose(1, 2).reshape(B, S, D)
 
     @staticmethod
     def symbolic(g, q, k, v, attention_mask, heads):
         key_padding_mask = g.op("Cast", attention_mask, to_i=6)  # int32, 1 = a real token
         return g.op("com.microsoft::MultiHeadAttention", q, k, v, _optional_input_placeholder_tensor(g),
                     key_padding_mask, num_heads_i=heads)
+
+
+class _CachedSelfAttention(torch.autograd.Function):
+    """The decoder's causal self-attention of ``n`` new steps [B, n, D] on a K/V cache [B, h, T, dh]
+    (step i sees the cache and new steps up to itself); returns the attention and the grown
+    cache. Exported as one ``MultiHeadAttention`` node with past/present K/V (``unidirectional``),
+    in place of the traced concat / causal-mask / softmax chain of every decoder step."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, past_k, past_v, heads: int):
+        B, n, D = q.shape
+        k, v = torch.cat([past_k, _split_heads(k, heads)], 2), torch.cat([past_v, _split_heads(v, heads)], 2)
+        total = k.shape[2]
+        causal = torch.arange(total) <= (torch.arange(n) + (total - n))[:, None]
+        out = F.scaled_dot_product_attention(_split_heads(q, heads), k, v, attn_mask=causal)
+        return out.transpose(1, 2).reshape(B, n, D), k, v
+
+    @staticmethod
+    def symbolic(g, q, k, v, past_k, past_v, heads):
+        none = _optional_input_placeholder_tensor(g)
+        return g.op("com.microsoft::MultiHeadAttention", q, k, v, none, none, none, past_k, past_v,
+                    num_heads_i=heads, unidirectional_i=1, outputs=3)
 
 
 class _Encoder(torch.nn.Module):
@@ -73,17 +103,32 @@ class _Encoder(torch.nn.Module):
 
 
 class _DecoderStep(torch.nn.Module):
+    """The decoder-step graph: `NeedleForToolCalling.decode_step` written out (as `_Encoder` writes
+    out BertModel's forward) so that both attentions of each layer export as fused nodes;
+    `test_onnx_calls_and_logits_equal_pytorch` holds it to ``decode_step``."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
 
     def forward(self, enc, attention_mask, ptr_keys, prev_action, kind, step, *caches):
         """``caches``: cross_k, cross_v, past_k, past_v, each one tensor per layer (`cache_names`)."""
-        n = self.model.config.decoder_layers
+        model, heads = self.model, self.model.config.decoder_heads
+        n = model.config.decoder_layers
         cross_k, cross_v, past_k, past_v = (caches[i * n:(i + 1) * n] for i in range(4))
-        cross_mask = (1.0 - attention_mask[:, None, None, :].float()) * -1e4  # additive: one Add in the graph
-        logits, new_k, new_v = self.model.decode_step(enc, cross_mask, cross_k, cross_v, ptr_keys, attention_mask,
-                                                      prev_action, kind, step, past_k, past_v)
+        x = model.step_inputs(enc, prev_action, kind, step)
+        new_k, new_v = [], []
+        for i, layer in enumerate(model.layers):
+            h, attn = layer.norm1(x), layer.self_attn
+            out, k, v = _CachedSelfAttention.apply(attn.q(h), attn.k(h), attn.v(h), past_k[i], past_v[i], heads)
+            x = x + attn.o(out)
+            attn = layer.cross_attn
+            x = x + attn.o(_MultiHeadAttention.apply(attn.q(layer.norm2(x)), cross_k[i], cross_v[i], attention_mask,
+                                                     heads))
+            x = x + layer.ffn(layer.norm3(x))
+            new_k.append(k)
+            new_v.append(v)
+        logits = model.scores(x[:, -1:], ptr_keys, attention_mask)[:, 0]
         return (logits, *new_k, *new_v)
 
 
@@ -133,6 +178,7 @@ def export_decoder(model, out: Path, opset: int = 17) -> None:
         args = (enc, mask, ptr_keys, torch.full((B, n), BOS, dtype=torch.int64),
                 torch.full((B, n), K_CALL, dtype=torch.int64), torch.arange(T, T + n).expand(B, n), *cross, *past)
         torch.onnx.export(_DecoderStep(model), args, str(out / "decoder.onnx"), dynamo=False, opset_version=opset,
+                          custom_opsets={"com.microsoft": 1},
                           input_names=["enc", "attention_mask", "ptr_keys", "prev_action", "kind", "step",
                                        *cross_names, *past_names],
                           output_names=["logits", *new_names], dynamic_axes=dynamic)
