@@ -38,6 +38,17 @@ class NeedleConfig(PretrainedConfig):
         return self.encoder["hidden_size"]
 
 
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    """(B, T, heads * head_dim) -> (B, heads, T, head_dim)."""
+    return x.unflatten(-1, (heads, head_dim)).transpose(1, 2)
+
+
+def causal_mask(new: int, total: int, device=None) -> torch.Tensor:
+    """[new, total] bool: new step i (after ``total - new`` cached ones) sees the cache and the new
+    steps up to itself."""
+    return torch.arange(total, device=device) <= (torch.arange(new, device=device) + (total - new))[:, None]
+
+
 class Attention(nn.Module):
     """Multi-head attention with separate projections, so keys/values can be cached and exported."""
 
@@ -48,7 +59,7 @@ class Attention(nn.Module):
         self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
 
     def split(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, h, T, dh)
-        return x.unflatten(-1, (self.heads, self.dh)).transpose(1, 2)
+        return split_heads(x, self.heads, self.dh)
 
     def kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.split(self.k(x)), self.split(self.v(x))
@@ -174,9 +185,8 @@ class NeedleForToolCalling(PreTrainedModel):
         never copies a stacked cache apart); the new caches come back the same way.
         """
         x = self.step_inputs(enc, prev_action, kind, step)
-        n, total = prev_action.shape[1], past_k[0].shape[2] + prev_action.shape[1]
-        # new step i sees the whole cache and the new steps up to itself
-        self_mask = torch.arange(total, device=x.device) <= (torch.arange(n, device=x.device) + (total - n))[:, None]
+        n = prev_action.shape[1]
+        self_mask = causal_mask(n, past_k[0].shape[2] + n, x.device)
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, cross_k[i], cross_v[i], cross_mask, past_k[i], past_v[i], self_mask)

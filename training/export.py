@@ -23,14 +23,9 @@ from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
 
 from needle_core.callformat import BOS, K_CALL
 from needle_core.engine import MODEL_FORMAT, cache_names
+from needle_core.modeling_needle import NeedleForToolCalling, causal_mask, split_heads
 
 MODEL_FILES = ("encoder.onnx", "decoder.onnx", "needle.json")
-
-
-def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, T, D] -> [B, heads, T, D / heads]."""
-    B, T, D = x.shape
-    return x.view(B, T, heads, D // heads).transpose(1, 2)
 
 
 class _MultiHeadAttention(torch.autograd.Function):
@@ -43,8 +38,8 @@ class _MultiHeadAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, attention_mask, heads: int):
         B, S, D = q.shape
-        k, v = (x if x.dim() == 4 else _split_heads(x, heads) for x in (k, v))
-        out = F.scaled_dot_product_attention(_split_heads(q, heads), k, v,
+        k, v = (x if x.dim() == 4 else split_heads(x, heads, D // heads) for x in (k, v))
+        out = F.scaled_dot_product_attention(split_heads(q, heads, D // heads), k, v,
                                              attn_mask=attention_mask.bool()[:, None, None, :])
         return out.transpose(1, 2).reshape(B, S, D)
 
@@ -64,10 +59,9 @@ class _CachedSelfAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, past_k, past_v, heads: int):
         B, n, D = q.shape
-        k, v = torch.cat([past_k, _split_heads(k, heads)], 2), torch.cat([past_v, _split_heads(v, heads)], 2)
-        total = k.shape[2]
-        causal = torch.arange(total) <= (torch.arange(n) + (total - n))[:, None]
-        out = F.scaled_dot_product_attention(_split_heads(q, heads), k, v, attn_mask=causal)
+        k, v = (torch.cat([past, split_heads(x, heads, D // heads)], 2) for past, x in ((past_k, k), (past_v, v)))
+        out = F.scaled_dot_product_attention(split_heads(q, heads, D // heads), k, v,
+                                             attn_mask=causal_mask(n, k.shape[2]))
         return out.transpose(1, 2).reshape(B, n, D), k, v
 
     @staticmethod
@@ -134,8 +128,6 @@ class _DecoderStep(torch.nn.Module):
 
 def export_onnx(checkpoint: str, out_dir: str, opset: int = 17) -> Path:
     """Export fp32 graphs of a saved `NeedleForToolCalling` into ``out_dir``."""
-    from needle_core.modeling_needle import NeedleForToolCalling
-
     model = NeedleForToolCalling.from_pretrained(checkpoint).float().eval()
     out = Path(out_dir)
     export_encoder(model, out, opset)
