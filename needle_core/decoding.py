@@ -24,7 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from needle_core.callformat import (END, END_LIST, FALSE, ITEMS, K_CALL, K_ITEM, K_KEY, K_SPAN_END, K_VALUE, LIST,
-                                    N_STRUCT, NULL, PT_TEXT, STOP, TRUE, Rendered, enum_options, primary_branch)
+                                    MARK_USER, N_STRUCT, NULL, PT_TEXT, STOP, TRUE, Rendered, enum_options,
+                                    primary_branch)
+from needle_core.listed_values import fan_out, scalar_values
 
 _WORD_NUMBERS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -289,6 +291,8 @@ class CallDecoder:
             self.named = names.index(tool_choice)
         self.stack: list = [_Calls()]
         self.call_starts: dict[tuple, set[int]] = {}  # (tool, path) -> span starts, current call
+        self.call_anchors: dict[str, tuple[int, int, dict]] = {}  # top-level key -> copied span, current call
+        self.anchors: list[dict] = []  # the same, per completed call
         self.earlier_starts: dict[tuple, set[int]] = {}  # the same, over the calls already made
         self.steps = 0
         self.done = False
@@ -510,7 +514,7 @@ class CallDecoder:
             tool = self.tool_of_pos[p]
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
-            self.call_starts = {}
+            self.call_starts, self.call_anchors = {}, {}
             self.stack.append(obj)
         elif isinstance(top, _Object):
             if top.pending_key is not None:
@@ -530,6 +534,9 @@ class CallDecoder:
                 obj = self.stack[-1]
                 obj.pending_key = text
             else:
+                frame = self.stack[-1]
+                if isinstance(frame, _Object) and frame.is_call:
+                    self.call_anchors[frame.pending_key] = (top.start, p, top.node)
                 self._deliver(span_value(text, top.node, self.r.text_after(p))[1])
         elif isinstance(top, _Value):
             self.stack.pop()
@@ -540,6 +547,7 @@ class CallDecoder:
             self.stack.pop()
             if obj.is_call:
                 self.stack[-1].calls.append({"name": self.specs[obj.tool].name, "arguments": obj.value})
+                self.anchors.append(self.call_anchors)
                 for key, starts in self.call_starts.items():
                     self.earlier_starts.setdefault(key, set()).update(starts)
             else:
@@ -612,25 +620,28 @@ class CallDecoder:
         values in other parameters ("gcd(12, 18)" then "gcd(18, 12)"). In the recorded teacher
         answers 109 of 111 later calls of a tool bring a new value (the other 2 are garbled
         parses, and none repeats a call); a greedy extra call that only reshuffles is a guess."""
-        out, used = [], {}
-        for call in self.stack[0].calls[:first]:
-            values, earlier = _scalar_values(call["arguments"]), used.get(call["name"])
+        out, anchors, used = [], [], {}
+        for call, spans in zip(self.stack[0].calls[:first], self.anchors):
+            values, earlier = scalar_values(call["arguments"]), used.get(call["name"])
             if earlier is not None and values <= earlier:
                 continue
             used[call["name"]] = (earlier or set()) | values
             out.append(call)
-        return out
+            anchors.append({key: self._anchor(*span) for key, span in spans.items()
+                            if self.r.segment[span[0]] == self._latest_request()})
+        return fan_out(out, anchors, self.max_calls) if FAN_OUT_LISTS else out
 
+    def _latest_request(self) -> int | None:
+        """The conversation segment of the last user message: lists in earlier turns were answered there."""
+        starts = [self.r.segment[p + 1] for p, t in enumerate(self.r.ids[:-1]) if t == MARK_USER]
+        return next((seg for seg in reversed(starts) if seg >= 0), None)
 
-def _scalar_values(value: Any) -> set:
-    """Every scalar inside an argument value (list items, object fields), numbers compared as such."""
-    if isinstance(value, dict):
-        return set().union(*map(_scalar_values, value.values()))
-    if isinstance(value, list):
-        return set().union(*map(_scalar_values, value))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return {("number", float(value))}
-    return {(type(value).__name__, value)}
+    def _anchor(self, start: int, end: int, node: dict) -> tuple[str, int, int, Callable]:
+        """(segment text, character span, reader of another span of that text) for `fan_out`."""
+        def to_value(text: str, after: str) -> Any:
+            ok, value = span_value(text, node, after)
+            return value if ok else None
+        return self.r.segments[self.r.segment[start]], self.r.offsets[start][0], self.r.offsets[end][1], to_value
 
 
 # ---- the shared decoding loop ----------------------------------------------------------------------
@@ -648,6 +659,9 @@ def masked_log_softmax(logits: np.ndarray, struct: np.ndarray, pos: np.ndarray) 
 # whole greedy answer: the likelier of the answers seen, at no extra model run. Never turns a
 # call into no call (the first decision stays greedy).
 RESCORE_STOPS = True
+# A call whose copied value stands in a list of such values ("for 10, 20 and 30 years") is
+# repeated for the others no call used (`needle_core.listed_values`).
+FAN_OUT_LISTS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 

@@ -1,0 +1,125 @@
+"""Listed values: which spans count as a list, and the calls added for them."""
+from __future__ import annotations
+
+import jsonschema
+import pytest
+
+from needle_core.callformat import Renderer
+from needle_core.decoding import CallDecoder, encode_calls
+from needle_core.listed_values import listed_with
+from needle_core.schema import to_tool_spec
+
+RENDERER = Renderer()
+
+
+@pytest.mark.parametrize("text, value, listed", [
+    ("the monthly payment for a loan term of 15, 20 and 30 years", "15", ["20", "30"]),
+    ("the future value for 1,5 and 10 years", "10", ["1", "5"]),
+    ("purchases of $30.45, $52.33 and $11.23", "52.33", ["30.45", "11.23"]),
+    ("the winning percentage of Lakers and Bulls in 2018", "Bulls", ["Lakers"]),
+    ("restaurants in New York and Los Angeles tonight", "New York", ["Los Angeles"]),
+    ("UUIDs for 'LazarBeam', 'MrBeast', and 'Ninja' from Minecraft", "LazarBeam", ["MrBeast", "Ninja"]),
+    ("RGB values for navy, purple and maroon?", "purple", ["navy", "maroon"]),
+    ("trending music in the US and UK regions", "US", ["UK"]),
+    ("concerts in San Francisco, California and New York, New York", "New York, New York",
+     ["San Francisco, California"]),
+    ("vegan places in Los Angeles, CA, then San Francisco, CA and Seattle, WA", "Seattle, WA", ["San Francisco, CA"]),
+    ("a recipe with potatoes, carrots, and onions and serves 4 people", "potatoes", ["carrots", "onions"]),
+    # not lists
+    ("concerts in San Francisco, California and New York", "San Francisco", []),  # "California" is no city
+    ("a house of 3000 sq ft in New York and 4000 sq ft in Los Angeles", "New York", []),
+    ("occurrences of gold and retrieve the toxicity", "gold", []),  # two phrases, not two minerals
+    ("a 35-year-old with high stress level and poor sleep", "high", []),
+    ("the data between 13:31 and 09:06", "13", []),  # a time, not the number 13
+    ("the energy infrastructure in Bavaria, Germany", "Bavaria", []),  # a place: no "and"
+    ("numbers 10, 20, 30 in a row", "20", []),
+    ("Paris and then Rome", "Paris", []),
+    ("the weather in Paris or Rome", "Paris", []),  # a choice
+])
+def test_listed_with(text, value, listed):
+    start = text.index(value)
+    numeric = value.replace(".", "").isdigit()
+    assert [text[a:b] for a, b in listed_with(text, start, start + len(value), numeric)] == listed
+
+
+MORTGAGE = to_tool_spec({"name": "mortgage", "parameters": {"type": "object", "properties": {
+    "amount": {"type": "number"}, "years": {"type": "integer", "maximum": 25}}, "required": ["amount", "years"]}})
+TRADE = to_tool_spec({"name": "trade_volume", "parameters": {"type": "object", "properties": {
+    "exporter": {"type": "string"}, "importer": {"type": "string"}}, "required": ["exporter", "importer"]}})
+STANDINGS = to_tool_spec({"name": "standing", "parameters": {"type": "object", "properties": {
+    "team": {"type": "string"}, "season": {"type": "integer"}}, "required": ["team", "season"]}})
+
+
+def _decoded(request: str, spec, calls: list[dict], max_calls: int = 8) -> list[dict]:
+    decoder = CallDecoder(RENDERER.render([{"role": "user", "content": request}], [spec]), [spec],
+                          max_calls=max_calls)
+    encode_calls(decoder, calls)
+    return decoder.calls()
+
+
+def test_a_call_is_repeated_for_each_listed_value_its_schema_accepts():
+    """10 and 20 years get calls of their own; 30 is above the schema's maximum and gets none;
+    the amount, said once, is shared."""
+    calls = _decoded("Mortgage on $400,000 for 10, 20 and 30 years", MORTGAGE,
+                     [{"name": "mortgage", "arguments": {"amount": 400000, "years": 10}}])
+    assert [c["arguments"] for c in calls] == [{"amount": 400000, "years": 10}, {"amount": 400000, "years": 20}]
+    for call in calls:
+        jsonschema.validate(call["arguments"], MORTGAGE.parameters)
+
+
+def test_values_another_argument_already_took_are_not_a_list():
+    """"China and India" name the exporter and the importer of one call, not two calls."""
+    call = {"name": "trade_volume", "arguments": {"exporter": "China", "importer": "India"}}
+    assert _decoded("Trade volume between China and India", TRADE, [call]) == [call]
+
+
+def test_several_listed_arguments_give_every_combination_or_go_together_respectively():
+    calls = _decoded("Winning percentage of Lakers and Bulls in seasons 2018 and 2020", STANDINGS,
+                     [{"name": "standing", "arguments": {"team": "Lakers", "season": 2018}}])
+    assert sorted((c["arguments"]["team"], c["arguments"]["season"]) for c in calls) == [
+        ("Bulls", 2018), ("Bulls", 2020), ("Lakers", 2018), ("Lakers", 2020)]
+    calls = _decoded("Winning percentage of Lakers and Bulls in 2018 and 2020 respectively", STANDINGS,
+                     [{"name": "standing", "arguments": {"team": "Lakers", "season": 2018}}])
+    assert [(c["arguments"]["team"], c["arguments"]["season"]) for c in calls] == [("Lakers", 2018), ("Bulls", 2020)]
+
+
+GCD = to_tool_spec({"name": "gcd", "parameters": {"type": "object", "properties": {
+    "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}})
+EMPIRE = to_tool_spec({"name": "empire", "parameters": {"type": "object", "properties": {
+    "name": {"type": "string"}}, "required": ["name"]}})
+
+
+def test_a_list_that_gives_two_arguments_is_not_fanned_out():
+    call = {"name": "gcd", "arguments": {"a": 12, "b": 18}}
+    assert _decoded("The GCD of 12, 18 and 30", GCD, [call]) == [call]
+
+
+def test_a_listed_text_that_holds_a_used_value_is_that_value():
+    """The model gave "Mauryan" a call of its own; "Mauryan Empire" is not a third one."""
+    calls = [{"name": "empire", "arguments": {"name": n}} for n in ("Persian Empire", "Mauryan")]
+    assert _decoded("Details of the Persian Empire and Mauryan Empire", EMPIRE, calls) == calls
+
+
+def test_added_calls_stay_within_max_calls():
+    calls = _decoded("Winning percentage of Lakers and Bulls in seasons 2018 and 2020", STANDINGS,
+                     [{"name": "standing", "arguments": {"team": "Lakers", "season": 2018}}], max_calls=2)
+    assert len(calls) == 2
+
+
+def test_a_value_the_model_already_gave_a_call_is_not_added_again():
+    first = {"name": "standing", "arguments": {"team": "Lakers", "season": 2018}}
+    second = {"name": "standing", "arguments": {"team": "Bulls", "season": 2018}}
+    calls = _decoded("Standing of Lakers and Bulls in 2018", STANDINGS, [first, second])
+    assert calls == [first, second]
+
+
+def test_rule_check_counts_added_and_rebuilt_answers():
+    from training.rule_check import check_listed_values
+
+    tool = {"name": "standing", "parameters": STANDINGS.parameters}
+    one = {"messages": [{"role": "user", "content": "Standing of Lakers and Bulls in 2018"}], "tools": [tool],
+           "calls": [{"name": "standing", "arguments": {"team": "Lakers", "season": 2018}}]}
+    several = {**one, "calls": one["calls"] + [{"name": "standing", "arguments": {"team": "Bulls", "season": 2018}}]}
+    counts = check_listed_values([one, several], progress=False)["counts"]
+    assert counts == {"one call per tool": 1, "  a call added": 1, "one tool called several times": 1,
+                      "  rebuilt from the first call": 1}
