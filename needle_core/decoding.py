@@ -26,7 +26,8 @@ import numpy as np
 from needle_core.callformat import (END, END_LIST, FALSE, ITEMS, K_CALL, K_ITEM, K_KEY, K_SPAN_END, K_VALUE, LIST,
                                     MARK_USER, N_STRUCT, NULL, PT_TEXT, STOP, TRUE, Rendered, enum_options,
                                     primary_branch)
-from needle_core.listed_values import fan_out, scalar_values
+from needle_core.listed_values import complete_lists, fan_out, scalar_values
+from needle_core.schema import name_words
 
 _WORD_NUMBERS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -292,7 +293,8 @@ class CallDecoder:
         self.stack: list = [_Calls()]
         self.call_starts: dict[tuple, set[int]] = {}  # (tool, path) -> span starts, current call
         self.call_anchors: dict[str, tuple[int, int, dict]] = {}  # top-level key -> copied span, current call
-        self.anchors: list[dict] = []  # the same, per completed call
+        self.call_item_anchors: dict[str, list[tuple[int, int, dict]]] = {}  # top-level array -> copied items
+        self.anchors: list[tuple[dict, dict]] = []  # the two, per completed call
         self.earlier_starts: dict[tuple, set[int]] = {}  # the same, over the calls already made
         self.steps = 0
         self.done = False
@@ -313,14 +315,29 @@ class CallDecoder:
                 if span_value(text, node, self.r.text_after(e))[0]:
                     out.setdefault(s, []).append(e)
         elif plain:  # any word-aligned span: ends are listed lazily, per start
-            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p]])
+            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p] and not self._is_article(p)])
         else:
             for start in self.text_pos:
+                if self._is_article(start):
+                    continue
                 for e in self.word_ends(int(start), self.max_span):
                     if span_value(self.r.span_text(int(start), e), node)[0]:
                         out.setdefault(int(start), []).append(e)
         self._valid_spans_cache[key] = out
         return out
+
+    def _is_article(self, p: int) -> bool:
+        """A lower-case "the" starts no text value: the recorded teachers write "Louvre Museum" for
+        "the Louvre Museum" (1,266 values after a lower-case "the", 2 that keep it), while "The
+        Office" keeps its capital article as part of the name."""
+        return self.first_word(p) == "the"
+
+    def first_word(self, p: int) -> str:
+        """The word that starts at text position ``p``, up to a space or punctuation: "namespace",
+        not its piece "names"; "resource-456", not "resource"."""
+        start = self.r.offsets[p][0]
+        word = re.match(r"[^\s,.;:!?()\"']*", self.r.segments[self.r.segment[p]][start:start + 64])
+        return word.group() if word else ""
 
     def word_ends(self, s: int, limit: int) -> list[int]:
         """Ends of the spans from ``s`` inside one segment that do not cut a word (at most ``limit`` tokens)."""
@@ -488,8 +505,21 @@ class CallDecoder:
             obj = self._new_object(inner, path, tool)
             self._object_keys(obj, struct, pos)
         elif t in ("string", "integer", "number", None):
-            for s in self.valid_spans(inner):
-                pos[s] = True
+            starts = list(self.valid_spans(inner))
+            if t != "integer" and t != "number":
+                starts = self._without_own_name(starts, path) or starts
+            pos[starts] = True
+
+    def _without_own_name(self, starts: list[int], path: tuple) -> list[int]:
+        """Span starts other than a lower-case word of the parameter's own name: the request's
+        "namespace cascade-sandbox" gives namespace="cascade-sandbox" (recorded teachers: 411
+        values after such a word leave it out; the 20 that start with it are mostly names, "Library
+        of Congress" for library_name, which a capital keeps)."""
+        key = next((k for k in reversed(path) if k not in (ITEMS, "*")), None)
+        words = {w for w in name_words(key) if len(w) > 2} if key else set()
+        if not words:
+            return starts
+        return [s for s in starts if self.first_word(s) not in words]
 
     def _new_object(self, node: dict, path: tuple, tool: int) -> _Object:
         keys = list(node.get("properties", {}))
@@ -514,7 +544,7 @@ class CallDecoder:
             tool = self.tool_of_pos[p]
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
-            self.call_starts, self.call_anchors = {}, {}
+            self.call_starts, self.call_anchors, self.call_item_anchors = {}, {}, {}
             self.stack.append(obj)
         elif isinstance(top, _Object):
             if top.pending_key is not None:
@@ -537,6 +567,8 @@ class CallDecoder:
                 frame = self.stack[-1]
                 if isinstance(frame, _Object) and frame.is_call:
                     self.call_anchors[frame.pending_key] = (top.start, p, top.node)
+                elif isinstance(frame, _Array) and len(frame.path) == 1:  # an item of a top-level array
+                    self.call_item_anchors.setdefault(frame.path[0], []).append((top.start, p, top.node))
                 self._deliver(span_value(text, top.node, self.r.text_after(p))[1])
         elif isinstance(top, _Value):
             self.stack.pop()
@@ -547,7 +579,7 @@ class CallDecoder:
             self.stack.pop()
             if obj.is_call:
                 self.stack[-1].calls.append({"name": self.specs[obj.tool].name, "arguments": obj.value})
-                self.anchors.append(self.call_anchors)
+                self.anchors.append((self.call_anchors, self.call_item_anchors))
                 for key, starts in self.call_starts.items():
                     self.earlier_starts.setdefault(key, set()).update(starts)
             else:
@@ -621,14 +653,20 @@ class CallDecoder:
         answers 109 of 111 later calls of a tool bring a new value (the other 2 are garbled
         parses, and none repeats a call); a greedy extra call that only reshuffles is a guess."""
         out, anchors, used = [], [], {}
-        for call, spans in zip(self.stack[0].calls[:first], self.anchors):
+        latest = self._latest_request()
+        for call, (spans, item_spans) in zip(self.stack[0].calls[:first], self.anchors):
             values, earlier = scalar_values(call["arguments"]), used.get(call["name"])
             if earlier is not None and values <= earlier:
                 continue
             used[call["name"]] = (earlier or set()) | values
+            if COMPLETE_LISTS:
+                props = next(s for s in self.specs if s.name == call["name"]).parameters.get("properties", {})
+                call = complete_lists(call, {
+                    key: (primary_branch(props[key])[0].get("maxItems", self.max_items),
+                          [self._anchor(*span) for span in items])
+                    for key, items in item_spans.items() if all(self.r.segment[s] == latest for s, _, _ in items)})
             out.append(call)
-            anchors.append({key: self._anchor(*span) for key, span in spans.items()
-                            if self.r.segment[span[0]] == self._latest_request()})
+            anchors.append({key: self._anchor(*span) for key, span in spans.items() if self.r.segment[span[0]] == latest})
         return fan_out(out, anchors, self.max_calls) if FAN_OUT_LISTS else out
 
     def _latest_request(self) -> int | None:
@@ -662,6 +700,9 @@ RESCORE_STOPS = True
 # A call whose copied value stands in a list of such values ("for 10, 20 and 30 years") is
 # repeated for the others no call used (`needle_core.listed_values`).
 FAN_OUT_LISTS = True
+# An array argument that lists some values of a list in the request gets the rest, in the
+# request's order ("facilities": ["Fiction"] for "Fiction and Wi-Fi"; `complete_lists`).
+COMPLETE_LISTS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 

@@ -123,8 +123,9 @@ def _next_value(text: str, at: int, shape: str, n_words: int, forward: bool,
     return (span, span[1] if forward else span[0]) if span else None
 
 
-def listed_with(text: str, start: int, end: int, numeric: bool) -> list[tuple[int, int]]:
-    """Character spans of the values listed together with ``text[start:end]`` (not itself)."""
+def listed_with(text: str, start: int, end: int, numeric: bool, pair: bool = False) -> list[tuple[int, int]]:
+    """Character spans of the values listed together with ``text[start:end]`` (not itself).
+    ``pair``: two lower-case words make a list too (an array argument asks for a list)."""
     shape = _shape(text, start, end, numeric)
     n_words = len(text[start:end].split())
     paired = shape == "capital" and ", " in text[start:end]  # "San Francisco, CA" and "Seattle, WA"
@@ -152,9 +153,11 @@ def listed_with(text: str, start: int, end: int, numeric: bool) -> list[tuple[in
             found.append(nxt[0])
             pos = nxt[1]
 
-    walk(right, forward=True)
+    before = _LINK_BEFORE.search(text, max(0, left - 12), left)
+    if not (before and _AND.search(before.group())):  # after "... and X", X ends the list
+        walk(right, forward=True)
     walk(left, forward=False)
-    if not ands or (shape == "lower" and len(found) < 2):
+    if not ands or (shape == "lower" and len(found) < (1 if pair else 2)):
         return []
     # a listed value starts and ends on a word boundary, and a name is listed with names, a code
     # with codes ("New York and 4000 sq ft in Los Angeles": 4000 is no place)
@@ -172,6 +175,33 @@ def scalar_values(value: Any) -> set:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return {("number", float(value))}
     return {(type(value).__name__, value)}
+
+
+def complete_lists(call: dict, arrays: dict[str, tuple[int, list[tuple[str, int, int, Callable]]]]) -> dict:
+    """``call`` with each array argument whose items were all copied from one list in the text
+    completed with that list's other values, in the text's order. ``arrays`` maps an argument to
+    (maxItems, the anchors of its items, as in `fan_out`)."""
+    args = dict(call["arguments"])
+    for key, (max_items, items) in arrays.items():
+        value = args.get(key)
+        if not isinstance(value, list) or not items or len(items) != len(value):
+            continue
+        text = items[0][0]
+        if any(t != text for t, *_ in items):
+            continue
+        spans = {(start, end): item for (_, start, end, _), item in zip(items, value)}
+        others = scalar_values([v for k, v in args.items() if k != key])
+        for (_, start, end, to_value), item in zip(items, value):
+            numeric = isinstance(item, (int, float)) and not isinstance(item, bool)
+            for a, b in listed_with(text, start, end, numeric, pair=True):
+                if any(a < e and s < b for s, e in spans):
+                    continue
+                new = to_value(text[a:b], text[b:b + 12])
+                if new is not None and not scalar_values(new) & (others | scalar_values(list(spans.values()))):
+                    spans[(a, b)] = new
+        if len(value) < len(spans) <= max_items:
+            args[key] = [spans[span] for span in sorted(spans)]
+    return {**call, "arguments": args}
 
 
 def _unused_listed_values(call: dict, spans: dict, used: set) -> dict[str, list[Any]]:

@@ -1029,3 +1029,9 @@ def _problems(value: Any, schema: dict, root: str) -> Iterator[tuple[str, str]]:
             if item not in seen:
                 seen.add(item)
                 yield item
+
+
+def name_words(name: str) -> list[str]:
+    """``getWeatherForecast`` / ``get_weather.forecast`` -> ``["get", "weather", "forecast"]``."""
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name))
+    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]

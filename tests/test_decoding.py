@@ -453,3 +453,35 @@ def test_a_later_call_prefers_a_value_the_earlier_calls_did_not_use(monkeypatch)
         assert all(c["arguments"]["days"] == 3 for c in calls)
     assert cities[0.0] == ["Paris"]
     assert cities[4.0] == ["Paris", "Rome"]
+
+
+def test_a_lower_case_the_starts_no_text_value():
+    """"the Louvre Museum" is the Louvre Museum; a capital "The" stays part of a name."""
+    spec = to_tool_spec({"name": "route", "parameters": {"type": "object", "properties": {
+        "end": {"type": "string"}, "show": {"type": "string", "maxLength": 20}}, "required": ["end"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Directions to the Louvre Museum, then The Office"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    for node in ({"type": "string"}, {"type": "string", "maxLength": 20}):
+        starts = {rendered.span_text(p, p) for p in decoder.valid_spans(node)}
+        assert "the" not in starts and {"Louvre", "The"} <= starts
+
+
+def test_a_text_value_does_not_start_with_a_lower_case_word_of_its_own_name():
+    """"namespace cascade-sandbox" gives namespace="cascade-sandbox" ("namespace" is two word
+    pieces: the whole word is compared); another parameter may still start there."""
+    spec = to_tool_spec({"name": "pods", "parameters": {"type": "object", "properties": {
+        "namespace": {"type": "string"}, "query": {"type": "string"}}, "required": ["namespace", "query"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "list pods in namespace cascade-sandbox"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+
+    def value_starts(key: str) -> set[str]:
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        return {decoder.first_word(p) for p in np.flatnonzero(decoder.allowed()[1])}
+
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    starts = value_starts("namespace")
+    assert "namespace" not in starts and "cascade-sandbox" in starts
+    last = int(max(np.flatnonzero(decoder.allowed()[1])))  # "sandbox": a one-word value
+    decoder.step(N_STRUCT + last)
+    decoder.step(N_STRUCT + decoder.word_ends(last, 8)[0])
+    assert "namespace" in value_starts("query")

@@ -123,3 +123,21 @@ def test_rule_check_counts_added_and_rebuilt_answers():
     counts = check_listed_values([one, several], progress=False)["counts"]
     assert counts == {"one call per tool": 1, "  a call added": 1, "one tool called several times": 1,
                       "  rebuilt from the first call": 1}
+
+
+SHOP = to_tool_spec({"name": "shop", "parameters": {"type": "object", "properties": {
+    "items": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+    "floors": {"type": "array", "items": {"type": "integer"}}}}})
+
+
+@pytest.mark.parametrize("request_text, given, completed", [
+    ("Find a library with Fiction and Wi-Fi", {"items": ["Fiction"]}, {"items": ["Fiction", "Wi-Fi"]}),
+    ("List the strengths and weaknesses", {"items": ["weaknesses"]}, {"items": ["strengths", "weaknesses"]}),
+    ("Analyse floors 2, 3 and 4", {"floors": [2, 4]}, {"floors": [2, 3, 4]}),  # the text's order
+    ("Buy chicken and broccoli and add them to a list", {"items": ["chicken", "broccoli"]},
+     {"items": ["chicken", "broccoli"]}),  # "and add" starts a new phrase
+    ("Buy apples, pears, plums and figs", {"items": ["apples"]}, {"items": ["apples"]}),  # over maxItems: left
+])
+def test_an_array_copied_from_a_list_gets_the_rest_of_the_list(request_text, given, completed):
+    calls = _decoded(request_text, SHOP, [{"name": "shop", "arguments": given}])
+    assert calls == [{"name": "shop", "arguments": completed}]

@@ -39,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from needle_core.schema import name_words
 from training.data import validate_example
 
 STOPWORDS = frozenset((
@@ -56,12 +57,6 @@ MAX_TOOLS = 8  # keeps the rendered input inside the model's 512 positions
 
 
 # ---- words --------------------------------------------------------------------------------------
-
-def name_words(name: str) -> list[str]:
-    """``getWeatherForecast`` / ``get_weather.forecast`` -> ``["get", "weather", "forecast"]``."""
-    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1 \2", re.sub(r"([A-Z]+)([A-Z][a-z])", r"\1 \2", name))
-    return [w.lower() for w in re.split(r"[^A-Za-z0-9]+", spaced) if w]
-
 
 def content_words(text: str) -> frozenset[str]:
     """Lower-case content words (plural 's' dropped) for cheap relatedness tests."""

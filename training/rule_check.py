@@ -1,9 +1,10 @@
-"""The listed-values rule against the recorded teacher answers (`needle_core.listed_values`).
+"""The listed-values rules against the recorded teacher answers (`needle_core.listed_values`).
 
-Each answer is replayed through the decoder (``encode_calls``), once as the teachers gave it and,
-for an answer that calls one tool several times, once from its first call alone. Counted:
-* one-call answers the rule adds a call to (teachers disagree with it there);
-* several-call answers the rule rebuilds from the first call (the same calls, any order).
+Each answer is replayed through the decoder (``encode_calls``) as the teachers gave it, and cut
+short: an answer that calls one tool several times from its first call alone, an array of
+several values copied from the request from its first item alone. Counted:
+* one-call answers the rules add a call to, and arrays they lengthen (teachers disagree there);
+* several-call answers rebuilt from their first call, arrays rebuilt from their first item.
 
     python -m training.rule_check runs/data/all.jsonl
 """
@@ -22,14 +23,21 @@ from needle_core.schema import to_tool_spec
 from training.data import read_jsonl
 
 
-def _replay(renderer: Renderer, messages: list[dict], specs: list, calls: list[dict], fan_out: bool) -> list[dict]:
+def _replay(renderer: Renderer, messages: list[dict], specs: list, calls: list[dict], rules: bool) -> list[dict]:
     decoder = CallDecoder(renderer.render(messages, specs), specs)
     encode_calls(decoder, calls)
-    old, decoding.FAN_OUT_LISTS = decoding.FAN_OUT_LISTS, fan_out
+    old = decoding.FAN_OUT_LISTS, decoding.COMPLETE_LISTS
+    decoding.FAN_OUT_LISTS = decoding.COMPLETE_LISTS = rules
     try:
         return decoder.calls()
     finally:
-        decoding.FAN_OUT_LISTS = old
+        decoding.FAN_OUT_LISTS, decoding.COMPLETE_LISTS = old
+
+
+def _copied_arrays(call: dict) -> list[str]:
+    """Arguments holding two or more plain values (the kind an array item is copied as)."""
+    return [k for k, v in call["arguments"].items() if isinstance(v, list) and len(v) > 1
+            and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v)]
 
 
 def _key(calls: list[dict]) -> list[str]:
@@ -46,11 +54,27 @@ def check_listed_values(examples: list[dict], progress: bool = True) -> dict:
             continue
         try:
             specs = [to_tool_spec(t) for t in ex["tools"]]
-            teacher = _replay(renderer, ex["messages"], specs, calls, fan_out=False)
-            ruled = _replay(renderer, ex["messages"], specs, calls, fan_out=True)
+            teacher = _replay(renderer, ex["messages"], specs, calls, rules=False)
+            ruled = _replay(renderer, ex["messages"], specs, calls, rules=True)
         except (DecodeError, ValueError):
             counts["not replayable"] += 1
             continue
+        for i, call in enumerate(teacher):
+            for key in _copied_arrays(call):
+                counts["arrays of several values"] += 1
+                if len(ruled) == len(teacher) and ruled[i]["arguments"].get(key) != call["arguments"][key]:
+                    counts["  lengthened"] += 1
+                    samples["lengthened"].append({"request": ex["messages"][-1]["content"][:300],
+                                                  "teacher": call["arguments"][key],
+                                                  "ruled": ruled[i]["arguments"].get(key)})
+                cut = [dict(c, arguments={**c["arguments"], key: c["arguments"][key][:1]}) if j == i else c
+                       for j, c in enumerate(teacher)]
+                try:
+                    again = _replay(renderer, ex["messages"], specs, cut, rules=True)
+                except (DecodeError, ValueError):
+                    continue
+                if len(again) == len(teacher) and again[i]["arguments"].get(key) == call["arguments"][key]:
+                    counts["  rebuilt from the first item"] += 1
         names = [c["name"] for c in teacher]
         if len(set(names)) == len(names):
             counts["one call per tool"] += 1
@@ -60,7 +84,7 @@ def check_listed_values(examples: list[dict], progress: bool = True) -> dict:
                                          "added": ruled[len(teacher):]})
         elif len(set(names)) == 1:
             counts["one tool called several times"] += 1
-            rebuilt = _replay(renderer, ex["messages"], specs, calls[:1], fan_out=True)
+            rebuilt = _replay(renderer, ex["messages"], specs, calls[:1], rules=True)
             if _key(rebuilt) == _key(teacher):
                 counts["  rebuilt from the first call"] += 1
     return {"counts": dict(counts), "samples": {k: v[:10] for k, v in samples.items()}}
