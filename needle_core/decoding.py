@@ -660,14 +660,43 @@ class CallDecoder:
                 continue
             used[call["name"]] = (earlier or set()) | values
             if COMPLETE_LISTS:
-                props = next(s for s in self.specs if s.name == call["name"]).parameters.get("properties", {})
-                call = complete_lists(call, {
-                    key: (primary_branch(props[key])[0].get("maxItems", self.max_items),
-                          [self._anchor(*span) for span in items])
-                    for key, items in item_spans.items() if all(self.r.segment[s] == latest for s, _, _ in items)})
+                call = complete_lists(call, self._array_anchors(call, item_spans, latest))
             out.append(call)
             anchors.append({key: self._anchor(*span) for key, span in spans.items() if self.r.segment[span[0]] == latest})
         return fan_out(out, anchors, self.max_calls) if FAN_OUT_LISTS else out
+
+    def _array_anchors(self, call: dict, item_spans: dict, latest: int | None) -> dict:
+        """For `complete_lists`: per top-level array argument, (maxItems, anchors of its items):
+        the spans its items were copied from, or where the request says its enum options."""
+        props = next(s for s in self.specs if s.name == call["name"]).parameters.get("properties", {})
+        out = {}
+        for key, value in call["arguments"].items():
+            node = primary_branch(props.get(key, {}))[0]
+            if not isinstance(value, list) or node.get("type") != "array" or latest is None:
+                continue
+            if key in item_spans:
+                anchors = [self._anchor(*span) for span in item_spans[key] if self.r.segment[span[0]] == latest]
+            else:
+                anchors = self._option_anchors(value, primary_branch(node.get("items", {}))[0], latest)
+            out[key] = (node.get("maxItems", self.max_items), anchors)
+        return out
+
+    def _option_anchors(self, chosen: list, items: dict, latest: int) -> list:
+        """Where the request says each chosen enum option ("elevation" for "Elevation"), with a
+        reader that maps another span to the option it names; [] when one is not said."""
+        options = {str(o).casefold().replace("_", " "): o for o in enum_options(items) or [] if isinstance(o, str)}
+        text = self.r.segments[latest]
+
+        def to_value(span: str, after: str) -> Any:
+            return options.get(span.casefold().replace("_", " "))
+        anchors = []
+        for value in chosen:
+            said = isinstance(value, str) and re.search(r"(?<!\w)" + re.escape(value.replace("_", " ")) + r"(?!\w)",
+                                                        text, re.IGNORECASE)
+            if not said:
+                return []
+            anchors.append((text, said.start(), said.end(), to_value))
+        return anchors
 
     def _latest_request(self) -> int | None:
         """The conversation segment of the last user message: lists in earlier turns were answered there."""

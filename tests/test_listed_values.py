@@ -141,3 +141,19 @@ SHOP = to_tool_spec({"name": "shop", "parameters": {"type": "object", "propertie
 def test_an_array_copied_from_a_list_gets_the_rest_of_the_list(request_text, given, completed):
     calls = _decoded(request_text, SHOP, [{"name": "shop", "arguments": given}])
     assert calls == [{"name": "shop", "arguments": completed}]
+
+
+PARK = to_tool_spec({"name": "park", "parameters": {"type": "object", "properties": {
+    "name": {"type": "string"},
+    "information": {"type": "array", "items": {"type": "string", "enum": ["Elevation", "Area", "Location"]}}},
+    "required": ["name", "information"]}})
+
+
+@pytest.mark.parametrize("request_text, completed", [
+    ("What's the elevation and area of Yellowstone?", ["Elevation", "Area"]),  # options said in a list
+    ("What's the elevation of Yellowstone and its area?", ["Elevation"]),  # not one list
+])
+def test_an_array_of_options_gets_the_options_said_in_the_same_list(request_text, completed):
+    calls = _decoded(request_text, PARK, [{"name": "park", "arguments": {"name": "Yellowstone",
+                                                                         "information": ["Elevation"]}}])
+    assert calls[0]["arguments"]["information"] == completed
