@@ -704,7 +704,7 @@ class CallDecoder:
         return next((seg for seg in reversed(starts) if seg >= 0), None)
 
     def _anchor(self, start: int, end: int, node: dict) -> tuple[str, int, int, Callable]:
-        """(segment text, character span, reader of another span of that text) for `fan_out`."""
+        """(segment text, character span, reader of another span of that text) for `listed_values`."""
         def to_value(text: str, after: str) -> Any:
             ok, value = span_value(text, node, after)
             return value if ok else None

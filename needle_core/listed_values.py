@@ -4,16 +4,19 @@
 Lakers and the Bulls", "UUIDs for 'LazarBeam', 'MrBeast', and 'Ninja'": the model reliably makes
 the first call and often stops there, or repeats the first value in the next call. `fan_out`
 adds, for a value of a call that stands in such a list, the same call with each listed value no
-call used yet.
+call used yet; `complete_lists` gives an array argument the rest of the list its items came from.
 
-What counts as a list is narrow on purpose (checked against the recorded teacher answers by
-``runs/s11/fanout_study.py``; 8 of 10,000 one-call answers would get a call added, and 25 of
-the 61 same-tool answers that vary one argument are rebuilt from their first call):
-* values are joined by commas and "and" / "&", at least one of them a word ("10, 20, 30" alone
-  is a sequence, "Bavaria, Germany" a place); "or" offers a choice ("Paris or Rome"), not a list;
+What counts as a list is narrow on purpose (checked against the recorded teacher answers with
+``python -m training.rule_check runs/data/all.jsonl``: 4 of 5,337 one-call-per-tool answers get
+a call added, 20 of 51 answers that call one tool several times are rebuilt from their first
+call, 12 of 56 arrays of several copied values from their first item, none lengthened):
+* values are joined by commas and one "and" / "&" before the last ("10, 20, 30" alone is a
+  sequence); "or" offers a choice ("Paris or Rome"), not a list;
 * the listed values have the value's shape: numbers beside a number, quoted text beside quoted
-  text, capitalised words beside capitalised words (names, IDs), and lower-case words only in
-  lists of three or more ("navy, purple and maroon"; "gold and retrieve the ..." is two phrases);
+  text, capitalised words beside capitalised words (names, IDs) joined by "and" only ("Paris,
+  France" is one place; "San Francisco, CA and Seattle, WA" pairs when the value is such a
+  pair), and lower-case words only in lists of three or more, or two for an array ("navy,
+  purple and maroon"; "gold and retrieve the ..." is two phrases);
 * each listed value ends at a word boundary ("13:31" is not a list of 13 and 31).
 """
 from __future__ import annotations
@@ -33,7 +36,6 @@ _QUOTED_BEFORE = re.compile(r"(['\"`])([^'\"`\n]{1,80})\1$")
 _WORD_AFTER = re.compile(r"[^\s,.;:!?()\[\]'\"`]+")
 _WORD_BEFORE = re.compile(r"[^\s,.;:!?()\[\]'\"`]+$")
 _ENDS_VALUE = re.compile(r"\s|[,.;!?)\]'\"`]|$")
-_WINDOW = 300  # characters looked at on each side: a list is local, requests may be long
 
 # Words that start a new phrase rather than name a listed value.
 _PHRASE_WORDS = frozenset("""
