@@ -315,10 +315,10 @@ class CallDecoder:
                 if span_value(text, node, self.r.text_after(e))[0]:
                     out.setdefault(s, []).append(e)
         elif plain:  # any word-aligned span: ends are listed lazily, per start
-            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p] and not self._is_article(p)])
+            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p] and not self._no_text_start(p)])
         else:
             for start in self.text_pos:
-                if self._is_article(start):
+                if self._no_text_start(start):
                     continue
                 for e in self.word_ends(int(start), self.max_span):
                     if span_value(self.r.span_text(int(start), e), node)[0]:
@@ -326,11 +326,18 @@ class CallDecoder:
         self._valid_spans_cache[key] = out
         return out
 
-    def _is_article(self, p: int) -> bool:
+    def _no_text_start(self, p: int) -> bool:
         """A lower-case "the" starts no text value: the recorded teachers write "Louvre Museum" for
         "the Louvre Museum" (1,266 values after a lower-case "the", 2 that keep it), while "The
-        Office" keeps its capital article as part of the name."""
-        return self.first_word(p) == "the"
+        Office" keeps its capital article as part of the name. Nor does an identifier's piece
+        after an underscore (see `_splits_identifier`)."""
+        return self.first_word(p) == "the" or self._splits_identifier(p, start=True)
+
+    def _splits_identifier(self, p: int, start: bool) -> bool:
+        """Would a span starting (or ending) at token ``p`` cut an identifier at an underscore
+        ("wjeiruhuq_roar")? None of the recorded teacher values does."""
+        text, (a, b) = self.r.segments[self.r.segment[p]], self.r.offsets[p]
+        return text[a:b] == "_" or (text[a - 1:a] == "_" if start else text[b:b + 1] == "_")
 
     def first_word(self, p: int) -> str:
         """The word that starts at text position ``p``, up to a space or punctuation: "namespace",
@@ -349,6 +356,8 @@ class CallDecoder:
             if r.segment[e] != r.segment[s]:
                 break
             if e + 1 < self.L and r.segment[e + 1] == r.segment[s] and not r.word_start[e + 1]:
+                continue
+            if self._splits_identifier(e, start=False):
                 continue
             ends.append(e)
         return ends

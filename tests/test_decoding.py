@@ -485,3 +485,10 @@ def test_a_text_value_does_not_start_with_a_lower_case_word_of_its_own_name():
     decoder.step(N_STRUCT + last)
     decoder.step(N_STRUCT + decoder.word_ends(last, 8)[0])
     assert "namespace" in value_starts("query")
+
+
+def test_a_text_value_does_not_cut_an_identifier_at_an_underscore():
+    rendered = RENDERER.render([{"role": "user", "content": "play wjeiruhuq_roar now"}], [WEATHER])
+    spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
+    values = {rendered.span_text(s, e) for s in spans for e in spans[s]}
+    assert "wjeiruhuq_roar" in values and not {"wjeiruhuq", "wjeiruhuq_", "roar", "_roar"} & values
