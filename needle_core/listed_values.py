@@ -125,9 +125,9 @@ def _next_value(text: str, at: int, shape: str, n_words: int, forward: bool,
     return (span, span[1] if forward else span[0]) if span else None
 
 
-def listed_with(text: str, start: int, end: int, numeric: bool, pair: bool = False) -> list[tuple[int, int]]:
+def listed_with(text: str, start: int, end: int, numeric: bool, in_array: bool = False) -> list[tuple[int, int]]:
     """Character spans of the values listed together with ``text[start:end]`` (not itself).
-    ``pair``: two lower-case words make a list too (an array argument asks for a list)."""
+    ``in_array``: two lower-case words make a list too (an array argument asks for a list)."""
     shape = _shape(text, start, end, numeric)
     n_words = len(text[start:end].split())
     paired = shape == "capital" and ", " in text[start:end]  # "San Francisco, CA" and "Seattle, WA"
@@ -159,7 +159,7 @@ def listed_with(text: str, start: int, end: int, numeric: bool, pair: bool = Fal
     if not (before and _AND.search(before.group())):  # after "... and X", X ends the list
         walk(right, forward=True)
     walk(left, forward=False)
-    if not ands or (shape == "lower" and len(found) < (1 if pair else 2)):
+    if not ands or (shape == "lower" and len(found) < (1 if in_array else 2)):
         return []
     # a listed value starts and ends on a word boundary, and a name is listed with names, a code
     # with codes ("New York and 4000 sq ft in Los Angeles": 4000 is no place)
@@ -195,7 +195,7 @@ def complete_lists(call: dict, arrays: dict[str, tuple[int, list[tuple[str, int,
         others = scalar_values([v for k, v in args.items() if k != key])
         for (_, start, end, to_value), item in zip(items, value):
             numeric = isinstance(item, (int, float)) and not isinstance(item, bool)
-            for a, b in listed_with(text, start, end, numeric, pair=True):
+            for a, b in listed_with(text, start, end, numeric, in_array=True):
                 if any(a < e and s < b for s, e in spans):
                     continue
                 new = to_value(text[a:b], text[b:b + 12])
