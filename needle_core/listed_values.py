@@ -168,13 +168,17 @@ def listed_with(text: str, start: int, end: int, numeric: bool, in_array: bool =
                   and (shape != "capital" or text[a].isdigit() == text[start].isdigit()))
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def scalar_values(value: Any) -> set:
     """Every scalar inside an argument value (list items, object fields), numbers compared as such."""
     if isinstance(value, dict):
         return set().union(*map(scalar_values, value.values()))
     if isinstance(value, list):
         return set().union(*map(scalar_values, value))
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if _is_number(value):
         return {("number", float(value))}
     return {(type(value).__name__, value)}
 
@@ -194,8 +198,7 @@ def complete_lists(call: dict, arrays: dict[str, tuple[int, list[tuple[str, int,
         spans = {(start, end): item for (_, start, end, _), item in zip(items, value)}
         others = scalar_values([v for k, v in args.items() if k != key])
         for (_, start, end, to_value), item in zip(items, value):
-            numeric = isinstance(item, (int, float)) and not isinstance(item, bool)
-            for a, b in listed_with(text, start, end, numeric, in_array=True):
+            for a, b in listed_with(text, start, end, _is_number(item), in_array=True):
                 if any(a < e and s < b for s, e in spans):
                     continue
                 new = to_value(text[a:b], text[b:b + 12])
@@ -210,7 +213,7 @@ def _unused_listed_values(call: dict, spans: dict, used: set) -> dict[str, list[
     """Per argument of ``call``, the values listed with its own that no call uses. A list that
     gives two arguments of the call ("the GCD of 12 and 18") is consumed, not listed; a text
     that holds or is held by a used text ("Mauryan Empire" beside "Mauryan") is the same value."""
-    listed = {key: listed_with(text, start, end, isinstance(call["arguments"].get(key), (int, float)))
+    listed = {key: listed_with(text, start, end, _is_number(call["arguments"].get(key)))
               for key, (text, start, end, _) in spans.items()}
     consumed = {key for key, found in listed.items() for other, (_, start, end, _) in spans.items()
                 if other != key and any(a < end and start < b for a, b in found)}
