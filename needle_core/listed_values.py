@@ -127,7 +127,8 @@ def _next_value(text: str, at: int, shape: str, n_words: int, forward: bool,
 
 def listed_with(text: str, start: int, end: int, numeric: bool, in_array: bool = False) -> list[tuple[int, int]]:
     """Character spans of the values listed together with ``text[start:end]`` (not itself).
-    ``in_array``: two lower-case words make a list too (an array argument asks for a list)."""
+    ``in_array``: the argument asks for a list (an array, a comma-separated string), so two
+    lower-case words make a list too, and commas join capitalised names ("EUR, GBP and CHF")."""
     shape = _shape(text, start, end, numeric)
     n_words = len(text[start:end].split())
     paired = shape == "capital" and ", " in text[start:end]  # "San Francisco, CA" and "Seattle, WA"
@@ -145,8 +146,9 @@ def listed_with(text: str, start: int, end: int, numeric: bool, in_array: bool =
                 return
             has_and = bool(_AND.search(m.group()))
             # "and" comes once, before the last value; commas join capitalised words in other
-            # ways too ("Paris, France"), so names are listed by "and" alone
-            if (has_and and ands) or (not has_and and (shape == "capital" or (forward and ands))):
+            # ways too ("Paris, France"), so names are listed by "and" alone, unless the argument
+            # asks for a list ("EUR, GBP and CHF" for an array)
+            if (has_and and ands) or (not has_and and ((shape == "capital" and not in_array) or (forward and ands))):
                 return
             nxt = _next_value(text, m.end() if forward else m.start(), shape, n_words, forward, paired)
             if not nxt:
@@ -207,6 +209,24 @@ def complete_lists(call: dict, arrays: dict[str, tuple[int, list[tuple[str, int,
         if len(value) < len(spans) <= max_items:
             args[key] = [spans[span] for span in sorted(spans)]
     return {**call, "arguments": args}
+
+
+def join_lists(call: dict, anchors: dict[str, tuple[str, int, int, Callable]],
+               separators: dict[str, str]) -> tuple[dict, dict[str, list[str]]]:
+    """(``call`` with each text argument that ``separators`` names set to the values listed with
+    its own, joined by its separator; the listed values of each argument so joined). For a
+    parameter that takes a list in one string ("a comma-separated list of IDs"): "IDs 12345, 67890
+    and 24680" is one call with "12345,67890,24680", not three calls."""
+    args, joined = dict(call["arguments"]), {}
+    for key, separator in separators.items():
+        if key not in anchors or not isinstance(args.get(key), str):
+            continue
+        text, start, end, _ = anchors[key]
+        found = listed_with(text, start, end, numeric=bool(re.fullmatch(r"[\d.]+", text[start:end])), in_array=True)
+        if found:
+            joined[key] = [text[a:b] for a, b in sorted(found + [(start, end)])]
+            args[key] = separator.join(joined[key])
+    return {**call, "arguments": args}, joined
 
 
 def _unused_listed_values(call: dict, spans: dict, used: set) -> dict[str, list[Any]]:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from needle_core.callformat import N_STRUCT, Renderer
+from needle_core.callformat import K_SPAN_END, N_STRUCT, Renderer
 from needle_core.decoding import (CallDecoder, DecodeError, date_format, encode_calls, greedy_decode_batch, parse_date,
                                    parse_number, span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
@@ -492,3 +492,73 @@ def test_a_text_value_does_not_cut_an_identifier_at_an_underscore():
     spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
     values = {rendered.span_text(s, e) for s in spans for e in spans[s]}
     assert "wjeiruhuq_roar" in values and not {"wjeiruhuq", "wjeiruhuq_", "roar", "_roar"} & values
+
+
+def test_a_value_said_after_its_parameters_name_and_equals_is_that_parameters():
+    """"a=1, b=-3, c=2": a's value can only start at 1, b's only at -3; a parameter whose name
+    the request does not assign keeps every start."""
+    spec = to_tool_spec({"name": "roots", "parameters": {"type": "object", "properties": {
+        "a": {"type": "integer"}, "b": {"type": "integer"}, "degree": {"type": "integer"}},
+        "required": ["a", "b", "degree"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Roots of degree 2 with a=1, b=-3 and start_time: 9"}],
+                               [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    for key, expected in (("a", {"1"}), ("b", {"-"}), ("degree", {"2", "1", "-", "3", "9"})):
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        starts = np.flatnonzero(decoder.allowed()[1])
+        assert {rendered.span_text(int(p), int(p)) for p in starts} == expected, key
+        decoder.step(N_STRUCT + int(starts[0]))
+        while decoder.kind == K_SPAN_END:
+            decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
+
+
+def test_an_optional_argument_takes_no_span_another_argument_used():
+    """With 5000, 3 and 5 taken by the required arguments, the optional "n" cannot be given one
+    of them again (it is not offered); with "4 times a year" left, it can, and only that."""
+    spec = to_tool_spec({"name": "interest", "parameters": {"type": "object", "properties": {
+        "principal": {"type": "integer"}, "rate": {"type": "number"}, "n": {"type": "integer"}},
+        "required": ["principal", "rate"]}})
+
+    def n_starts(request: str) -> set[str] | None:
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        for key, text in (("principal", "5000"), ("rate", "3")):
+            decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+            start = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if rendered.span_text(int(p), int(p)) == text)
+            decoder.step(N_STRUCT + start)
+            while decoder.kind == K_SPAN_END:
+                decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
+        n_pos = rendered.param_pos[(0, ("n",))]
+        if not decoder.allowed()[1][n_pos]:
+            return None
+        decoder.step(N_STRUCT + n_pos)
+        return {rendered.span_text(int(p), int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+
+    assert n_starts("Interest on 5000 at 3 percent") is None
+    assert n_starts("Interest on 5000 at 3 percent, 4 times a year") == {"4"}
+
+
+def test_a_date_parameter_copies_a_whole_day_where_the_text_has_one():
+    """"2022" alone is no day: the value starts at a day's first word and ends at its year."""
+    spec = to_tool_spec({"name": "book", "parameters": {"type": "object", "properties": {
+        "from_date": {"type": "string", "description": "The start date. The format is MM-DD-YYYY."}},
+        "required": ["from_date"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Book 2 rooms from July 10, 2022 to July 20, 2022"}],
+                               [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("from_date",))])
+    starts = [int(p) for p in np.flatnonzero(decoder.allowed()[1])]
+    assert [rendered.span_text(p, p) for p in starts] == ["July", "July"]
+    decoder.step(N_STRUCT + starts[0])
+    ends = [int(p) for p in np.flatnonzero(decoder.allowed()[1])]
+    assert [rendered.span_text(starts[0], e) for e in ends] == ["July 10, 2022"]
+    decoder.step(N_STRUCT + ends[0])
+    assert decoder.stack[-1].value == {"from_date": "07-10-2022"}
+
+
+def test_a_format_named_in_words_is_a_date_format():
+    assert date_format({"type": "string", "description": "The date (month-day-year) of the reading."}) == "%m-%d-%Y"
+    assert date_format({"type": "string", "description": "Day in year/month/day notation"}) == "%Y/%m/%d"

@@ -157,3 +157,36 @@ def test_an_array_of_options_gets_the_options_said_in_the_same_list(request_text
     calls = _decoded(request_text, PARK, [{"name": "park", "arguments": {"name": "Yellowstone",
                                                                          "information": ["Elevation"]}}])
     assert calls[0]["arguments"]["information"] == completed
+
+
+STAFF = to_tool_spec({"name": "staff_info", "parameters": {"type": "object", "properties": {
+    "ids": {"type": "string", "description": "Comma-separated staff IDs, e.g. '11,22'"},
+    "domain": {"type": "string"}}, "required": ["ids"]}})
+
+
+def test_a_list_for_a_comma_separated_string_is_joined_into_one_call():
+    """The schema asks for the IDs in one string: one call, not a call per ID."""
+    calls = _decoded("Short information for staff with IDs 12345, 67890 and 24680 in the de domain", STAFF,
+                     [{"name": "staff_info", "arguments": {"ids": "67890", "domain": "de"}}])
+    assert calls == [{"name": "staff_info", "arguments": {"ids": "12345,67890,24680", "domain": "de"}}]
+
+
+def test_a_later_call_that_only_reuses_joined_values_is_dropped():
+    first = {"name": "staff_info", "arguments": {"ids": "12345", "domain": "de"}}
+    reshuffled = {"name": "staff_info", "arguments": {"ids": "12345", "domain": "24680"}}
+    calls = _decoded("Short information for staff with IDs 12345, 67890 and 24680 in the de domain", STAFF,
+                     [first, reshuffled])
+    assert calls == [{"name": "staff_info", "arguments": {"ids": "12345,67890,24680", "domain": "de"}}]
+
+
+@pytest.mark.parametrize("description, separator", [
+    ("A comma-separated list of repositories, such as 'octocat/Hello-World,octo-org/octo-repo'.", ","),
+    ('Recipients, separated by commas, e.g. "a@b.com, c@d.com"', ", "),
+    ("Symbols, comma delimited", ","),
+    ("A list of symbols", None),
+])
+def test_joined_list_separator_follows_the_descriptions_example(description, separator):
+    from needle_core.decoding import joined_list_separator
+
+    assert joined_list_separator({"type": "string", "description": description}) == separator
+    assert joined_list_separator({"type": "array", "description": description}) is None

@@ -61,7 +61,10 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
     from training.train import TrainConfig, bucketed_batches
 
     epoch_batches = [bucketed_batches(data.lengths(), TrainConfig(batch_size=batch_size), rng) for _ in range(epochs)]
-    bar = tqdm(total=sum(len(e) for e in epoch_batches), desc="finetune")
+    total = sum(len(e) for e in epoch_batches)
+    # linear decay to a tenth of ``lr``: a long continuation ends gently, a short one hardly notices
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 - 0.9 * step / max(total, 1))
+    bar = tqdm(total=total, desc="finetune")
     for epoch, groups in enumerate(epoch_batches):
         for group in groups:
             b = _encoded_batch(engine, [data.row(int(i)) for i in group])
@@ -72,6 +75,7 @@ def finetune(data_paths: list[str], out_dir: str, base_dir: str | None = None, e
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
+            schedule.step()
             optimizer.zero_grad(set_to_none=True)
             history.append(float(out["loss"].detach()))
             bar.update(1)

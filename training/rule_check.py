@@ -1,9 +1,10 @@
-"""The listed-values rules against the recorded teacher answers (`needle_core.listed_values`).
+"""The list rules against the recorded teacher answers (`needle_core.listed_values`).
 
 Each answer is replayed through the decoder (``encode_calls``) as the teachers gave it, and cut
 short: an answer that calls one tool several times from its first call alone, an array of
 several values copied from the request from its first item alone. Counted:
-* one-call answers the rules add a call to, and arrays they lengthen (teachers disagree there);
+* one-call answers the rules add a call to or change a value of (a list joined into one string,
+  `decoding.JOIN_LISTS`), and arrays they lengthen (teachers disagree there);
 * several-call answers rebuilt from their first call, arrays rebuilt from their first item.
 
     python -m training.rule_check runs/data/all.jsonl
@@ -26,12 +27,12 @@ from training.data import read_jsonl
 def _replay(renderer: Renderer, messages: list[dict], specs: list, calls: list[dict], rules: bool) -> list[dict]:
     decoder = CallDecoder(renderer.render(messages, specs), specs)
     encode_calls(decoder, calls)
-    old = decoding.FAN_OUT_LISTS, decoding.COMPLETE_LISTS
-    decoding.FAN_OUT_LISTS = decoding.COMPLETE_LISTS = rules
+    old = decoding.FAN_OUT_LISTS, decoding.COMPLETE_LISTS, decoding.JOIN_LISTS
+    decoding.FAN_OUT_LISTS = decoding.COMPLETE_LISTS = decoding.JOIN_LISTS = rules
     try:
         return decoder.calls()
     finally:
-        decoding.FAN_OUT_LISTS, decoding.COMPLETE_LISTS = old
+        decoding.FAN_OUT_LISTS, decoding.COMPLETE_LISTS, decoding.JOIN_LISTS = old
 
 
 def _copied_arrays(call: dict) -> list[str]:
@@ -82,6 +83,10 @@ def check_listed_values(examples: list[dict], progress: bool = True) -> dict:
                 counts["  a call added"] += 1
                 samples["added"].append({"request": ex["messages"][-1]["content"][:300], "teacher": teacher,
                                          "added": ruled[len(teacher):]})
+            elif _key(ruled) != _key(teacher) and not any(_copied_arrays(c) for c in teacher):
+                counts["  a value changed"] += 1  # e.g. a list joined into one string argument
+                samples["changed"].append({"request": ex["messages"][-1]["content"][:300], "teacher": teacher,
+                                           "ruled": ruled})
         elif len(set(names)) == 1:
             counts["one tool called several times"] += 1
             rebuilt = _replay(renderer, ex["messages"], specs, calls[:1], rules=True)
