@@ -562,3 +562,37 @@ def test_a_date_parameter_copies_a_whole_day_where_the_text_has_one():
 def test_a_format_named_in_words_is_a_date_format():
     assert date_format({"type": "string", "description": "The date (month-day-year) of the reading."}) == "%m-%d-%Y"
     assert date_format({"type": "string", "description": "Day in year/month/day notation"}) == "%Y/%m/%d"
+
+
+def test_a_text_value_does_not_cut_an_identifier_at_a_dot_or_glued_punctuation():
+    rendered = RENDERER.render([{"role": "user", "content": "open it with start microsoft.windows.camera: now"}],
+                               [WEATHER])
+    spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
+    values = {rendered.span_text(s, e) for s in spans for e in spans[s]}
+    assert {"microsoft.windows.camera", "microsoft.windows.camera:", "start microsoft.windows.camera:"} <= values
+    assert not {"microsoft", "microsoft.windows", "microsoft.windows.", "windows.camera", ".camera", "camera"} & values
+
+
+def test_a_text_value_does_not_start_with_an_all_capitals_word_of_its_own_name():
+    spec = to_tool_spec({"name": "book", "parameters": {"type": "object", "properties": {
+        "isbn": {"type": "string"}}, "required": ["isbn"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Find the item with ISBN 9781403915230"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("isbn",))])
+    starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    assert "ISBN" not in starts and "9781403915230" in starts
+
+
+def test_a_text_value_that_overlaps_a_quoted_string_is_the_whole_quote():
+    """"'Julian is Testing'" is one value (or none): no span starts inside it or reaches into it;
+    a quote's final period may be left out."""
+    rendered = RENDERER.render([{"role": "user", "content": "Publish 'Julian is Testing' with text 'All is well.' now"}],
+                               [WEATHER])
+    spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
+    values = {rendered.span_text(s, e) for s in spans for e in spans[s]}
+    assert {"Julian is Testing", "All is well", "All is well.", "Publish", "now"} <= values
+    assert not {"Julian", "is Testing", "Testing", "Publish 'Julian", "All", "well"} & values
+    rendered = RENDERER.render([{"role": "user", "content": "Diagnose patients 'RkohOO and g8GAsQ'"}], [WEATHER])
+    spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
+    assert {"RkohOO", "g8GAsQ"} <= {rendered.span_text(s, e) for s in spans for e in spans[s]}  # may be a list
