@@ -278,7 +278,11 @@ class _LazySpans(dict):
     def __getitem__(self, start: int) -> list[int]:
         ends = super().__getitem__(start)
         if ends is None:
-            ends = self.decoder.text_ends(start, self.decoder.max_span)
+            # a start is only offered with an end: when the rules leave none (an opening quote
+            # glued to its word, an identifier longer than max_span), the plain word ends, or the
+            # start token alone, which any string accepts
+            ends = (self.decoder.text_ends(start, self.decoder.max_span)
+                    or self.decoder.word_ends(start, self.decoder.max_span) or [start])
             super().__setitem__(start, ends)
         return ends
 
@@ -417,7 +421,8 @@ class CallDecoder:
         return ends
 
     def _inside_quote(self, p: int) -> bool:
-        return QUOTED_WHOLE and any(first < p <= max(lasts) for first, lasts in self._quotes())
+        """Is token ``p`` inside a quoted string (or its opening quote mark) other than its first word?"""
+        return QUOTED_WHOLE and any(first - 1 <= p <= max(lasts) and p != first for first, lasts in self._quotes())
 
     def _quotes(self) -> list[tuple[int, set[int]]]:
         """(first token, possible last tokens) of each quoted string of the latest request."""

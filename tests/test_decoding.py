@@ -42,6 +42,16 @@ WORDS = [
     "?",
     ",",
     "12",
+    "'engineer'",  # quotes, glued punctuation, assignments, days: the rules of text_ends & co.
+    "\"Julian is Testing.\"",
+    "'A1 and B2'",
+    "a=1",
+    "key:",
+    "microsoft.windows.camera:",
+    "$100",
+    "(555)",
+    "July 10, 2022",
+    "ISBN",
 ]
 
 names = st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True)
