@@ -314,6 +314,7 @@ class CallDecoder:
         self._feasible_cache: dict[int, bool] = {}
         self.tool_of_pos = {p: i for i, p in enumerate(rendered.tool_pos)}
         self.named = None
+        self._latest: tuple | None = None  # see _latest_tokens
         self._assignments: dict[str, set[int]] | None = None  # see _named_starts
         self._days: dict[int, list[int]] | None = None  # see _day_spans
         self._quoted: list[tuple[int, set[int]]] | None = None  # see _quotes
@@ -361,8 +362,8 @@ class CallDecoder:
     def _no_text_start(self, p: int) -> bool:
         """A lower-case "the" starts no text value: the recorded teachers write "Louvre Museum" for
         "the Louvre Museum" (1,266 values after a lower-case "the", 2 that keep it), while "The
-        Office" keeps its capital article as part of the name. Nor does an identifier's piece
-        after an underscore (see `_splits_identifier`)."""
+        Office" keeps its capital article as part of the name. Nor does a cut into an identifier
+        (`_splits_identifier`) or a place inside a quoted string (`_inside_quote`)."""
         return self.first_word(p) == "the" or self._splits_identifier(p, start=True) or self._inside_quote(p)
 
     def _splits_identifier(self, p: int, start: bool) -> bool:
@@ -424,23 +425,32 @@ class CallDecoder:
         """Is token ``p`` inside a quoted string (or its opening quote mark) other than its first word?"""
         return QUOTED_WHOLE and any(first - 1 <= p <= max(lasts) and p != first for first, lasts in self._quotes())
 
+    def _latest_tokens(self) -> tuple[str, dict[int, int], dict[int, int]]:
+        """(text of the latest request, its tokens by first character, by end character); empty
+        when the conversation has no user message. Computed once: several rules read it."""
+        if self._latest is None:
+            latest = self._latest_request()
+            if latest is None:
+                self._latest = ("", {}, {})
+            else:
+                tokens = [int(p) for p in self.text_pos if self.r.segment[p] == latest]
+                self._latest = (self.r.segments[latest], {self.r.offsets[p][0]: p for p in tokens},
+                                {self.r.offsets[p][1]: p for p in tokens})
+        return self._latest
+
     def _quotes(self) -> list[tuple[int, set[int]]]:
         """(first token, possible last tokens) of each quoted string of the latest request."""
         if self._quoted is None:
             self._quoted = []
-            latest = self._latest_request()
-            if latest is not None:
-                text = self.r.segments[latest]
-                tokens = [int(p) for p in self.text_pos if self.r.segment[p] == latest]
-                first_at = {self.r.offsets[p][0]: p for p in tokens}
-                last_at = {self.r.offsets[p][1]: p for p in tokens}
-                for m in _QUOTED_STRING.finditer(text):
-                    if _LIST_LINK.search(m.group(2)):
-                        continue  # "IDs 'A1 and B2'": the quote may hold a list of values
-                    a, b = m.span(2)
-                    lasts = {last_at[end] for end in (b, b - 1 if text[b - 1] == "." else b) if end in last_at}
-                    if a in first_at and lasts and a < b:
-                        self._quoted.append((first_at[a], lasts))
+            text, first_at, last_at = self._latest_tokens()
+            for m in _QUOTED_STRING.finditer(text):
+                if _LIST_LINK.search(m.group(2)):
+                    continue  # "IDs 'A1 and B2'": the quote may hold a list of values
+                a, b = m.span(2)
+                ends = {b, b - 1} if text[b - 1] == "." else {b}  # with or without a final period
+                lasts = {last_at[end] for end in ends if end in last_at}
+                if a in first_at and lasts:
+                    self._quoted.append((first_at[a], lasts))
         return self._quoted
 
     def unit_cuts(self, s: int, limit: int) -> list[int]:
@@ -656,12 +666,10 @@ class CallDecoder:
             return []
         if self._assignments is None:
             self._assignments = {}
-            latest = self._latest_request()
-            if latest is not None:
-                at = {self.r.offsets[p][0]: p for p in map(int, self.text_pos) if self.r.segment[p] == latest}
-                for m in _ASSIGNMENT.finditer(self.r.segments[latest]):
-                    if m.end() in at:
-                        self._assignments.setdefault(m.group(1).casefold(), set()).add(at[m.end()])
+            text, first_at, _ = self._latest_tokens()
+            for m in _ASSIGNMENT.finditer(text):
+                if m.end() in first_at:
+                    self._assignments.setdefault(m.group(1).casefold(), set()).add(first_at[m.end()])
         named = self._assignments.get(str(key).casefold(), ())
         return [s for s in starts if s in named]
 
@@ -814,12 +822,12 @@ class CallDecoder:
         latest = self._latest_request()
         for call, (spans, item_spans) in zip(self.stack[0].calls[:first], self.anchors):
             anchored = {key: self._anchor(*span) for key, span in spans.items() if self.r.segment[span[0]] == latest}
-            values = scalar_values(call["arguments"])
+            joined = {}
             if JOIN_LISTS:
                 separators = {key: sep for key, span in spans.items() if (sep := joined_list_separator(span[2]))}
                 call, joined = join_lists(call, anchored, separators)
                 anchored = {key: anchor for key, anchor in anchored.items() if key not in joined}
-                values = scalar_values(call["arguments"]) | {("str", part) for parts in joined.values() for part in parts}
+            values = scalar_values(call["arguments"]) | {("str", part) for parts in joined.values() for part in parts}
             earlier = used.get(call["name"])
             if earlier is not None and values <= earlier:
                 continue
