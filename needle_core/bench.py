@@ -6,7 +6,8 @@ evaluation does (`training.evaluate.bfcl_tool`). Measured, after a warm-up:
 
 * latency per call (median, p90; ms), one request at a time, ONNX Runtime on 1 thread, end to end
   through `Needle.call` (conversion, rendering, encoding, constrained decoding, validation);
-* calls per second with `Needle.call_batch` (batch 1, 8 and 16) on 2 threads. ``call_batch``
+* calls per second with `Needle.call_batch` (batch 1, 8 and 16) on 2 threads (the encoder's; the
+  decoder always runs on 1, see `needle_core.engine`), and the latency of batch 1. ``call_batch``
   takes one toolset per batch, so a batch of B requests is sent with the union of their B
   functions (the single-call figures use each request's own function);
 * encoder tokens per second and decoder steps per second (1 thread, one request at a time);
@@ -149,12 +150,9 @@ def measure_throughput(model_dir: Path, cases, batch_sizes, threads: int, quiet:
 
     needle = Needle(model_dir, threads=threads)
     out: dict[str, Any] = {"threads": threads}
-    for text, tools in cases[:5]:  # warm-up
-        needle.call(text, tools)
-    t0 = time.perf_counter()
-    for text, tools in _bar(cases, f"batch 1, own function, {threads} threads", quiet):
-        needle.call(text, tools)
-    out["batch_1"] = {"calls_per_s": len(cases) / (time.perf_counter() - t0), "toolset": "each request's own function"}
+    one = measure_latency(needle, cases, 5, f"batch 1, own function, {threads} threads", quiet)
+    out["batch_1"] = {"calls_per_s": 1e3 / one["mean"], "median_ms": one["median"], "p90_ms": one["p90"],
+                      "toolset": "each request's own function"}
     for size in batch_sizes:
         batches = [cases[i: i + size] for i in range(0, len(cases), size)]
         batches = [b for b in batches if len(b) == size] or batches[:1]
@@ -332,6 +330,10 @@ def format_table(res: dict) -> str:
     rows.append(("machine", f"{res['machine']['cpu']}, {res['machine']['usable_cores']} usable cores"))
     rows.append(("requests", f"{lat['n']} BFCL simple_python"))
     rows.append(("latency per call, 1 thread", f"median {_fmt(lat['median'])} ms, p90 {_fmt(lat['p90'])} ms"))
+    one = res["throughput"]["batch_1"]
+    if "median_ms" in one:
+        rows.append((f"latency per call, {res['throughput']['threads']} encoder threads",
+                     f"median {_fmt(one['median_ms'])} ms, p90 {_fmt(one['p90_ms'])} ms"))
     for key, value in res["throughput"].items():
         if key.startswith("batch_"):
             text = f"{_fmt(value['calls_per_s'], 1)} calls/s ({value['toolset']}"
