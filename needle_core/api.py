@@ -55,7 +55,11 @@ def normalize_tool_choice(tool_choice: Any) -> str:
 
 
 class Needle:
-    """A loaded Needle model. Thread-safe: share one instance between threads."""
+    """A loaded Needle model. Thread-safe: share one instance between threads.
+
+    ``threads``: ONNX Runtime threads for the encoder (default: the CPU count, at most 4); the
+    decoder always runs on one (`needle_core.engine`).
+    """
 
     def __init__(self, model_dir: str | Path | None = None, threads: int | None = None, max_calls: int = 8,
                  max_steps: int = 256):

@@ -7,7 +7,8 @@ evaluation does (`training.evaluate.bfcl_tool`). Measured, after a warm-up:
 * latency per call (median, p90; ms), one request at a time, ONNX Runtime on 1 thread, end to end
   through `Needle.call` (conversion, rendering, encoding, constrained decoding, validation);
 * calls per second with `Needle.call_batch` (batch 1, 8 and 16) on 2 threads (the encoder's; the
-  decoder always runs on 1, see `needle_core.engine`), and the latency of batch 1. ``call_batch``
+  decoder always runs on 1, see `needle_core.engine`), and the latency of batch 1; and calls per
+  second with 2 threads sharing one `Needle` on 1 ONNX Runtime thread each. ``call_batch``
   takes one toolset per batch, so a batch of B requests is sent with the union of their B
   functions (the single-call figures use each request's own function);
 * encoder tokens per second and decoder steps per second (1 thread, one request at a time);
@@ -153,6 +154,7 @@ def measure_throughput(model_dir: Path, cases, batch_sizes, threads: int, quiet:
     one = measure_latency(needle, cases, 5, f"batch 1, own function, {threads} threads", quiet)
     out["batch_1"] = {"calls_per_s": 1e3 / one["mean"], "median_ms": one["median"], "p90_ms": one["p90"],
                       "toolset": "each request's own function"}
+    out["concurrent"] = measure_concurrent(model_dir, cases, threads, quiet)
     for size in batch_sizes:
         batches = [cases[i: i + size] for i in range(0, len(cases), size)]
         batches = [b for b in batches if len(b) == size] or batches[:1]
@@ -172,6 +174,24 @@ def measure_throughput(model_dir: Path, cases, batch_sizes, threads: int, quiet:
                                 "gain": batched / single, "requests": done,
                                 "toolset": f"union of the batch's {size} BFCL functions"}
     return out
+
+
+def measure_concurrent(model_dir: Path, cases, callers: int, quiet: bool = False) -> dict:
+    """Calls per second with ``callers`` threads sharing one `Needle` on 1 ONNX Runtime thread each:
+    the other way to use the cores, one request per core instead of one request over all cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from needle_core.api import Needle
+
+    needle = Needle(model_dir, threads=1)
+    with ThreadPoolExecutor(callers) as pool:
+        list(pool.map(lambda case: needle.call(*case), cases[:2 * callers]))  # warm-up
+        t0 = time.perf_counter()
+        for _ in _bar(pool.map(lambda case: needle.call(*case), cases), f"{callers} callers, 1 thread each", quiet,
+                      total=len(cases)):
+            pass
+        seconds = time.perf_counter() - t0
+    return {"calls_per_s": len(cases) / seconds, "callers": callers, "toolset": "each request's own function"}
 
 
 def render_cases(needle, cases) -> list[tuple[Any, list]]:
@@ -334,6 +354,10 @@ def format_table(res: dict) -> str:
     if "median_ms" in one:
         rows.append((f"latency per call, {res['throughput']['threads']} encoder threads",
                      f"median {_fmt(one['median_ms'])} ms, p90 {_fmt(one['p90_ms'])} ms"))
+    conc = res["throughput"].get("concurrent")
+    if conc:
+        rows.append((f"throughput, {conc['callers']} callers sharing one Needle(threads=1)",
+                     f"{_fmt(conc['calls_per_s'], 1)} calls/s ({conc['toolset']})"))
     for key, value in res["throughput"].items():
         if key.startswith("batch_"):
             text = f"{_fmt(value['calls_per_s'], 1)} calls/s ({value['toolset']}"

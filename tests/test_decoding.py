@@ -52,6 +52,8 @@ WORDS = [
     "(555)",
     "July 10, 2022",
     "ISBN",
+    "from",
+    "to",
 ]
 
 names = st.from_regex(r"[a-z][a-z_]{0,10}", fullmatch=True)
@@ -553,20 +555,20 @@ def test_an_optional_argument_takes_no_span_another_argument_used():
 def test_a_date_parameter_copies_a_whole_day_where_the_text_has_one():
     """"2022" alone is no day: the value starts at a day's first word and ends at its year."""
     spec = to_tool_spec({"name": "book", "parameters": {"type": "object", "properties": {
-        "from_date": {"type": "string", "description": "The start date. The format is MM-DD-YYYY."}},
-        "required": ["from_date"]}})
+        "date": {"type": "string", "description": "The date. The format is MM-DD-YYYY."}},
+        "required": ["date"]}})
     rendered = RENDERER.render([{"role": "user", "content": "Book 2 rooms from July 10, 2022 to July 20, 2022"}],
                                [spec])
     decoder = CallDecoder(rendered, [spec])
     decoder.step(N_STRUCT + rendered.tool_pos[0])
-    decoder.step(N_STRUCT + rendered.param_pos[(0, ("from_date",))])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("date",))])
     starts = [int(p) for p in np.flatnonzero(decoder.allowed()[1])]
     assert [rendered.span_text(p, p) for p in starts] == ["July", "July"]
     decoder.step(N_STRUCT + starts[0])
     ends = [int(p) for p in np.flatnonzero(decoder.allowed()[1])]
     assert [rendered.span_text(starts[0], e) for e in ends] == ["July 10, 2022"]
     decoder.step(N_STRUCT + ends[0])
-    assert decoder.stack[-1].value == {"from_date": "07-10-2022"}
+    assert decoder.stack[-1].value == {"date": "07-10-2022"}
 
 
 def test_a_format_named_in_words_is_a_date_format():
@@ -592,6 +594,69 @@ def test_a_text_value_does_not_start_with_an_all_capitals_word_of_its_own_name()
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("isbn",))])
     starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
     assert "ISBN" not in starts and "9781403915230" in starts
+
+
+def test_from_and_to_parameters_follow_the_words_from_and_to():
+    """"to Paris from Berlin": departure_location takes no value right after "to", destination
+    none after "from"; a parameter named for neither may start anywhere."""
+    spec = to_tool_spec({"name": "book", "parameters": {"type": "object", "properties": {
+        "departure_location": {"type": "string"}, "destination": {"type": "string"}, "airline": {"type": "string"}},
+        "required": ["departure_location", "destination"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Fly to Paris from Berlin"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+
+    def value_starts(key: str) -> set[str]:
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        return {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+
+    starts = value_starts("departure_location")
+    assert "Berlin" in starts and "Paris" not in starts
+    berlin = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == "Berlin")
+    decoder.step(N_STRUCT + berlin)
+    decoder.step(N_STRUCT + decoder.word_ends(berlin, 8)[0])
+    starts = value_starts("destination")
+    assert "Paris" in starts and "Berlin" not in starts
+    everywhere = CallDecoder(rendered, [spec])
+    assert {"Paris", "Berlin"} <= {everywhere.first_word(p) for p in everywhere._direction_starts(
+        list(everywhere.valid_spans({"type": "string"})), ("airline",))}
+
+
+def test_a_capitalised_value_does_not_start_inside_a_name():
+    """"The Weeknd" is not started at "Weeknd"; a sentence's first "The" is an article like any
+    other, and a title before a name ("Lawyer John Doe") leaves the name free."""
+    spec = to_tool_spec({"name": "find", "parameters": {"type": "object", "properties": {
+        "query": {"type": "string"}}, "required": ["query"]}})
+    rendered = RENDERER.render([{"role": "user", "content": (
+        "Tickets for The Weeknd with Lawyer John Doe. The Office is at ID KsBzeh")}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("query",))])
+    starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    assert {"Tickets", "The", "Lawyer", "John", "Office", "ID", "KsBzeh"} <= starts
+    assert "Weeknd" not in starts
+
+
+def test_a_number_with_a_unit_goes_to_a_parameter_of_its_quantity():
+    """"1kg ... at 0°C": mass takes no number said in degrees, a temperature none said in kg; a
+    parameter named for no quantity (count) takes any."""
+    spec = to_tool_spec({"name": "entropy", "parameters": {"type": "object", "properties": {
+        "mass": {"type": "number"}, "initial_temperature": {"type": "number"}, "count": {"type": "integer"}},
+        "required": ["mass", "initial_temperature", "count"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "A 1kg ice block at 0°C, 3 times"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+
+    def value_starts(key: str) -> set[str]:
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        return {decoder.first_word(int(p))[:1] for p in np.flatnonzero(decoder.allowed()[1])}
+
+    assert value_starts("mass") == {"1", "3"}
+    one = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)).startswith("1"))
+    decoder.step(N_STRUCT + one)
+    if decoder.kind == K_SPAN_END:
+        decoder.step(N_STRUCT + one)
+    assert value_starts("initial_temperature") == {"0", "3"}
 
 
 def test_a_text_value_that_overlaps_a_quoted_string_is_the_whole_quote():
