@@ -169,6 +169,13 @@ _QUANTITY_NAME_WORDS = {
 }
 _NUMBER_THEN_UNIT = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?\s?(?:" + "|".join(
     f"(?P<{q}>{u})" for q, u in _QUANTITY_UNITS.items()) + r")(?![A-Za-z])", re.IGNORECASE)
+# Words of a boolean parameter's name that say how it switches rather than what it switches on,
+# and a negation shortly before what a request names; see `CallDecoder._named_plainly`.
+_SWITCH_WORDS = frozenset({"include", "is", "has", "enable", "enabled", "use", "with", "show", "get", "allow", "only",
+                           "should", "do", "does", "can", "flag", "need", "want", "the", "and", "for", "add", "apply",
+                           "return"})
+_NEGATED = re.compile(r"\b(?:without|no|not|\w+n['’]t|dont|exclude|excluding|never|skip|disable)\b(?:\W+\w+){0,2}\W*$",
+                      re.IGNORECASE)
 _WORD_BEFORE = re.compile(r"([A-Za-z]+)[\s\"'(\[]*$")
 _SENTENCE_ENDS = frozenset(".!?:;\n\"'(“")
 _ASSIGNMENT = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*[=:]\s*[\"'`]?(?=\S)")
@@ -653,7 +660,8 @@ class CallDecoder:
             return
         t = inner.get("type")
         if t in ("boolean", None):
-            struct[TRUE] = struct[FALSE] = True
+            struct[TRUE] = True
+            struct[FALSE] = not (NAMED_BOOLEANS and t == "boolean" and self._named_plainly(path))
         if t is None:
             struct[NULL] = True
         if t == "array" and self.feasible(inner):
@@ -729,6 +737,21 @@ class CallDecoder:
             return False
         said = next(q for q, unit in m.groupdict().items() if unit is not None)
         return said not in wanted
+
+    def _named_plainly(self, path: tuple) -> bool:
+        """Does the latest request name what a boolean parameter switches on, with no negation
+        before it ("including human impact" for ``include_human_impact``, "a direct flight" for
+        ``direct_flight``)? Then a given value is true: the recorded teachers give such a
+        parameter true 45 times and false once (`runs/s13/bool_said.py`). Every content word of
+        the name must be said, the start of it at least ("standardiz..." for ``standardize``)."""
+        key = _parameter_name(path)
+        words = [w for w in name_words(key) if len(w) > 2 and w not in _SWITCH_WORDS] if isinstance(key, str) else []
+        latest = self._latest_request()
+        if not words or latest is None:
+            return False
+        text = self.r.segments[latest]
+        found = [re.search(r"\b" + re.escape(w[:max(4, len(w) - 3)]), text, re.IGNORECASE) for w in words]
+        return all(found) and not _NEGATED.search(text, 0, found[0].start())
 
     def word_before(self, p: int) -> str:
         """The lower-case word right before token ``p`` in its text (spaces, quotes and brackets between)."""
@@ -1008,6 +1031,8 @@ CAPITAL_THE = True
 # A number followed by a unit of mass, temperature, length or time goes to no parameter named
 # for another of these quantities (`CallDecoder._unit_mismatch`).
 UNIT_QUANTITIES = True
+# A boolean the request names plainly ("including human impact") is true when given.
+NAMED_BOOLEANS = True
 # A from-like parameter takes no value said right after "to", a to-like one none after "from".
 DIRECTION_WORDS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from needle_core.callformat import K_SPAN_END, N_STRUCT, Renderer
+from needle_core.callformat import FALSE, K_SPAN_END, N_STRUCT, TRUE, Renderer
 from needle_core.decoding import (CallDecoder, DecodeError, date_format, encode_calls, greedy_decode_batch, parse_date,
                                    parse_number, span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
@@ -657,6 +657,27 @@ def test_a_number_with_a_unit_goes_to_a_parameter_of_its_quantity():
     if decoder.kind == K_SPAN_END:
         decoder.step(N_STRUCT + one)
     assert value_starts("initial_temperature") == {"0", "3"}
+
+
+def test_a_boolean_the_request_names_plainly_is_true():
+    """"including human impact" leaves include_human_impact only true; "without" or "shouldn't"
+    before a named switch, or a switch the request does not name, leaves both values."""
+    spec = to_tool_spec({"name": "forecast", "parameters": {"type": "object", "properties": {
+        "include_human_impact": {"type": "boolean"}, "include_fires": {"type": "boolean"},
+        "detailed": {"type": "boolean"}, "urgent": {"type": "boolean"}},
+        "required": ["include_human_impact", "include_fires", "detailed", "urgent"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Forecast growth including human impact, without fires; it shouldn't be detailed"}],
+                               [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    allowed = {}
+    for key in ("include_human_impact", "include_fires", "detailed", "urgent"):
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        struct = decoder.allowed()[0]
+        allowed[key] = (bool(struct[TRUE]), bool(struct[FALSE]))
+        decoder.step(TRUE)
+    assert allowed == {"include_human_impact": (True, False), "include_fires": (True, True), "detailed": (True, True),
+                       "urgent": (True, True)}
 
 
 def test_a_text_value_that_overlaps_a_quoted_string_is_the_whole_quote():
