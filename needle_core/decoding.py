@@ -155,7 +155,7 @@ _LIST_LINK = re.compile(r",|;|\s(?:and|or|&)\s", re.IGNORECASE)
 _FROM_NAME_WORDS = frozenset({"from", "origin", "departure", "source", "src", "start", "base", "sender", "pickup"})
 _TO_NAME_WORDS = frozenset({"to", "destination", "dest", "target", "arrival", "end", "recipient", "dropoff"})
 # Quantities a numeric parameter's name can say, the units that mark a number as one of them,
-# and the names; see `CallDecoder._unit_mismatch`.
+# and the names; see `CallDecoder._unit_starts`.
 _QUANTITY_UNITS = {
     "mass": r"kg|kgs|kilograms?|grams?|g|lbs?|pounds?|tons?|tonnes?|mg|milligrams?",
     "temperature": r"°\s?[CF]?|degrees?|celsius|fahrenheit|kelvin",
@@ -687,7 +687,7 @@ class CallDecoder:
                     starts = [p for p in starts if not self._after_capital_the(p)] or starts
             else:
                 if UNIT_QUANTITIES and not named:
-                    starts = [p for p in starts if not self._unit_mismatch(p, path)] or starts
+                    starts = self._unit_starts(starts, path) or starts
                 starts = named or starts
             pos[starts] = True
 
@@ -720,23 +720,23 @@ class CallDecoder:
         before = before.rstrip()
         return bool(before) and before[-1] not in _SENTENCE_ENDS
 
-    def _unit_mismatch(self, p: int, path: tuple) -> bool:
-        """Is the number at ``p`` followed by a unit of another quantity than the one the numeric
-        parameter's name says ("0°C" for ``mass``, "1kg" for ``initial_temperature``)? In the
-        recorded teacher answers, 229 of 230 numbers followed by a unit of mass, temperature,
+    def _unit_starts(self, starts: list[int], path: tuple) -> list[int]:
+        """The starts of numbers not followed by a unit of another quantity than the one the
+        numeric parameter's name says ("0°C" is no ``mass``, "1kg" no ``initial_temperature``). In
+        the recorded teacher answers, 229 of 230 numbers followed by a unit of mass, temperature,
         length or time went to a parameter named for that quantity (the other: 60 minutes as
         ``session_length``, a name this rule does not read)."""
         key = _parameter_name(path)
         words = set(name_words(key)) if isinstance(key, str) else set()
         wanted = {q for q, names in _QUANTITY_NAME_WORDS.items() if words & names}
         if len(wanted) != 1:
-            return False
-        text, start = self.r.segments[self.r.segment[p]], self.r.offsets[p][0]
-        m = _NUMBER_THEN_UNIT.match(text, start)
-        if m is None:
-            return False
-        said = next(q for q, unit in m.groupdict().items() if unit is not None)
-        return said not in wanted
+            return starts
+        kept = []
+        for p in starts:
+            m = _NUMBER_THEN_UNIT.match(self.r.segments[self.r.segment[p]], self.r.offsets[p][0])
+            if m is None or next(q for q, unit in m.groupdict().items() if unit is not None) in wanted:
+                kept.append(p)
+        return kept
 
     def _named_plainly(self, path: tuple) -> bool:
         """Does the latest request name what a boolean parameter switches on, with no negation
@@ -1029,7 +1029,7 @@ JOIN_LISTS = True
 # A capitalised text value does not start after a capital "The" in mid-sentence (`_after_capital_the`).
 CAPITAL_THE = True
 # A number followed by a unit of mass, temperature, length or time goes to no parameter named
-# for another of these quantities (`CallDecoder._unit_mismatch`).
+# for another of these quantities (`CallDecoder._unit_starts`).
 UNIT_QUANTITIES = True
 # A boolean the request names plainly ("including human impact") is true when given.
 NAMED_BOOLEANS = True
