@@ -617,6 +617,14 @@ def test_from_and_to_parameters_follow_the_words_from_and_to():
     decoder.step(N_STRUCT + decoder.word_ends(berlin, 8)[0])
     starts = value_starts("destination")
     assert "Paris" in starts and "Berlin" not in starts
+    between = RENDERER.render([{"role": "user", "content": "Trains between Paris and Lyon, and Nice"}], [spec])
+    decoder = CallDecoder(between, [spec])
+    words = {decoder.first_word(p) for p in decoder._direction_starts(list(decoder.valid_spans({"type": "string"})),
+                                                                      ("departure_location",))}
+    assert "Paris" in words and "Lyon" not in words and "Nice" not in words
+    words = {decoder.first_word(p) for p in decoder._direction_starts(list(decoder.valid_spans({"type": "string"})),
+                                                                      ("destination",))}
+    assert "Lyon" in words and "Paris" not in words
     everywhere = CallDecoder(rendered, [spec])
     assert {"Paris", "Berlin"} <= {everywhere.first_word(p) for p in everywhere._direction_starts(
         list(everywhere.valid_spans({"type": "string"})), ("airline",))}
