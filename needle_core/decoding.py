@@ -292,6 +292,7 @@ class _Span:
     node: dict  # scalar schema (primary branch)
     start: int
     as_key: bool = False  # a free-form object key rather than a value
+    path: tuple = ()  # the value's path (its parameter's name is read by some rules)
 
 
 _FREE_KEY = {"type": "string", "minLength": 1, "maxLength": 64}  # a free-form object key
@@ -607,6 +608,8 @@ class CallDecoder:
             if DATE_SPANS and not top.as_key and date_format(top.node):
                 days = self._day_spans().get(top.start, ())
                 ends = [e for e in ends if e in days] or ends
+            if OWN_NAME_ENDS and not top.as_key and top.node.get("type") == "string":
+                ends = self._without_own_name_end(top.start, ends, top.path) or ends
             pos[ends] = True
         elif isinstance(top, _Value):
             self._value_first(top.node, top.path, top.tool, struct, pos, fresh=top.optional)
@@ -800,6 +803,23 @@ class CallDecoder:
         return [s for s in starts if (word := self.first_word(s)) not in words
                 and not (word.isupper() and word.casefold() in words)]
 
+    def _without_own_name_end(self, start: int, ends: list[int], path: tuple) -> list[int]:
+        """Ends of a capitalised text value other than a lower-case word of the parameter's own
+        name: "Los Angeles court" gives court_location="Los Angeles". Recorded teachers: of the
+        capitalised values such a word follows or ends, 362 stop before it and 15 keep it
+        ("Zika virus" for target_virus, sentences ending in "text" for text)."""
+        text, first = self.r.segments[self.r.segment[start]], self.r.offsets[start][0]
+        key = _parameter_name(path)
+        words = {w for w in name_words(key) if len(w) > 2} if isinstance(key, str) else set()
+        if not words or not text[first:first + 1].isupper():
+            return ends
+        kept = []
+        for e in ends:
+            last = text[first:self.r.offsets[e][1]].rsplit(None, 1)
+            if len(last) < 2 or last[1] not in words:
+                kept.append(e)
+        return kept
+
     def _new_object(self, node: dict, path: tuple, tool: int) -> _Object:
         keys = list(node.get("properties", {}))
         required = set(node.get("required", []))
@@ -894,7 +914,7 @@ class CallDecoder:
             self.stack.append(obj)
             return self._object_action(obj, action)
         self.call_starts.setdefault((tool, path), set()).add(p)
-        self.stack.append(_Span(inner, p))
+        self.stack.append(_Span(inner, p, path=path))
 
     def _deliver(self, value: Any) -> None:
         """A value is complete: hand it to the frame that asked for it."""
@@ -1042,6 +1062,8 @@ CAPITAL_THE = True
 # A number followed by a unit of mass, temperature, length or time goes to no parameter named
 # for another of these quantities (`CallDecoder._unit_starts`).
 UNIT_QUANTITIES = True
+# A capitalised text value does not end with a lower-case word of its parameter's own name.
+OWN_NAME_ENDS = True
 # A boolean the request names plainly ("including human impact") is true when given.
 NAMED_BOOLEANS = True
 # A from-like parameter takes no value said right after "to", a to-like one none after "from".

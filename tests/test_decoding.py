@@ -688,6 +688,22 @@ def test_a_boolean_the_request_names_plainly_is_true():
                        "urgent": (True, True)}
 
 
+def test_a_capitalised_value_does_not_end_with_a_word_of_its_own_name():
+    """"New York court" gives court="New York"; a lower-case value ("family court") may end so."""
+    spec = to_tool_spec({"name": "case", "parameters": {"type": "object", "properties": {
+        "court": {"type": "string"}}, "required": ["court"]}})
+    for request, start_word, expected in (("A case in New York court today", "New", {"New", "New York"}),
+                                          ("A case in family court today", "family", {"family", "family court"})):
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("court",))])
+        start = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == start_word)
+        decoder.step(N_STRUCT + start)
+        values = {rendered.span_text(start, int(e)) for e in np.flatnonzero(decoder.allowed()[1])}
+        assert expected <= values and ("New York court" not in values)
+
+
 def test_a_text_value_that_overlaps_a_quoted_string_is_the_whole_quote():
     """"'Julian is Testing'" is one value (or none): no span starts inside it or reaches into it;
     a quote's final period may be left out."""
