@@ -184,11 +184,14 @@ def measure_concurrent(model_dir: Path, cases, callers: int, quiet: bool = False
     from needle_core.api import Needle
 
     needle = Needle(model_dir, threads=1)
+
+    def call(case):
+        return needle.call(*case)
+
     with ThreadPoolExecutor(callers) as pool:
-        list(pool.map(lambda case: needle.call(*case), cases[:2 * callers]))  # warm-up
+        list(pool.map(call, cases[:2 * callers]))  # warm-up
         t0 = time.perf_counter()
-        for _ in _bar(pool.map(lambda case: needle.call(*case), cases), f"{callers} callers, 1 thread each", quiet,
-                      total=len(cases)):
+        for _ in _bar(pool.map(call, cases), f"{callers} callers, 1 thread each", quiet, total=len(cases)):
             pass
         seconds = time.perf_counter() - t0
     return {"calls_per_s": len(cases) / seconds, "callers": callers, "toolset": "each request's own function"}

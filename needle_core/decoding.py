@@ -701,21 +701,20 @@ class CallDecoder:
         "between X and Y", and a to-like one's (``destination``, ``target_language``) those not
         right after "from" or "between". In the recorded teacher answers, of the values of such
         parameters found once in the request, 87 after "from" and 100 after "to" go with the
-        wording, none against it (`_second_of_between` for "between")."""
-        key = _parameter_name(path)
-        words = set(name_words(key)) if isinstance(key, str) else set()
+        wording, none against it (`_after_between` for "between")."""
+        words = set(_parameter_words(path))
         is_from, is_to = bool(words & _FROM_NAME_WORDS), bool(words & _TO_NAME_WORDS)
         if is_from == is_to:
             return starts
         if is_from:
-            return [s for s in starts if self.word_before(s) not in ("to", "into") and not self._second_of_between(s)]
+            return [s for s in starts if (word := self.word_before(s)) not in ("to", "into")
+                    and not (word == "and" and self._after_between(s))]
         return [s for s in starts if self.word_before(s) not in ("from", "between")]
 
-    def _second_of_between(self, p: int) -> bool:
-        """Does token ``p`` follow the "and" of "between X and Y"? (The recorded teachers give Y to
-        the to-like parameter and X to the from-like one: 19 and 18 times, once the other way.)"""
-        if self.word_before(p) != "and":
-            return False
+    def _after_between(self, p: int) -> bool:
+        """Does token ``p``, said after an "and", follow the "and" of "between X and Y"? (The
+        recorded teachers give Y to the to-like parameter and X to the from-like one: 19 and 18
+        times, once the other way.)"""
         text, start = self.r.segments[self.r.segment[p]], self.r.offsets[p][0]
         return _BETWEEN_AND.search(text, max(0, start - 80), start) is not None
 
@@ -740,8 +739,7 @@ class CallDecoder:
         the recorded teacher answers, 229 of 230 numbers followed by a unit of mass, temperature,
         length or time went to a parameter named for that quantity (the other: 60 minutes as
         ``session_length``, a name this rule does not read)."""
-        key = _parameter_name(path)
-        words = set(name_words(key)) if isinstance(key, str) else set()
+        words = set(_parameter_words(path))
         wanted = {q for q, names in _QUANTITY_NAME_WORDS.items() if words & names}
         if len(wanted) != 1:
             return starts
@@ -758,8 +756,7 @@ class CallDecoder:
         ``direct_flight``)? Then a given value is true: the recorded teachers give such a
         parameter true 45 times and false once (`runs/s13/bool_said.py`). Every content word of
         the name must be said, the start of it at least ("standardiz..." for ``standardize``)."""
-        key = _parameter_name(path)
-        words = [w for w in name_words(key) if len(w) > 2 and w not in _SWITCH_WORDS] if isinstance(key, str) else []
+        words = [w for w in _parameter_words(path) if len(w) > 2 and w not in _SWITCH_WORDS]
         latest = self._latest_request()
         if not words or latest is None:
             return False
@@ -796,8 +793,7 @@ class CallDecoder:
         9781403915230" isbn="9781403915230" (recorded teachers: 411 values after such a lower-case
         word and 6 after such an all-capitals one leave it out; the 20 that start with one are
         mostly names, "Library of Congress" for library_name, which a capital keeps)."""
-        key = _parameter_name(path)
-        words = {w for w in name_words(key) if len(w) > 2} if key else set()
+        words = {w for w in _parameter_words(path) if len(w) > 2}
         if not words:
             return starts
         return [s for s in starts if (word := self.first_word(s)) not in words
@@ -809,8 +805,7 @@ class CallDecoder:
         capitalised values such a word follows or ends, 362 stop before it and 15 keep it
         ("Zika virus" for target_virus, sentences ending in "text" for text)."""
         text, first = self.r.segments[self.r.segment[start]], self.r.offsets[start][0]
-        key = _parameter_name(path)
-        words = {w for w in name_words(key) if len(w) > 2} if isinstance(key, str) else set()
+        words = {w for w in _parameter_words(path) if len(w) > 2}
         if not words or not text[first:first + 1].isupper():
             return ends
         kept = []
@@ -1018,9 +1013,16 @@ class CallDecoder:
         return self.r.segments[self.r.segment[start]], self.r.offsets[start][0], self.r.offsets[end][1], to_value
 
 
-def _parameter_name(path: tuple) -> Any:
-    """The name of the parameter a value path ends in (an array's items belong to their parameter)."""
-    return next((k for k in reversed(path) if k not in (ITEMS, "*")), None)
+def _parameter_words(path: tuple) -> tuple[str, ...]:
+    """The words of the name of the parameter a value path ends in (an array's items belong to
+    their parameter): several rules read them at every value decision, so they are remembered."""
+    key = next((k for k in reversed(path) if k not in (ITEMS, "*")), None)
+    return _name_words_cached(key) if isinstance(key, str) else ()
+
+
+@lru_cache(maxsize=4096)
+def _name_words_cached(key: str) -> tuple[str, ...]:
+    return tuple(name_words(key))
 
 
 # ---- the shared decoding loop ----------------------------------------------------------------------
