@@ -176,12 +176,34 @@ _SWITCH_WORDS = frozenset({"include", "is", "has", "enable", "enabled", "use", "
                            "return"})
 _NEGATED = re.compile(r"\b(?:without|no|not|\w+n['’]t|dont|exclude|excluding|never|skip|disable)\b(?:\W+\w+){0,2}\W*$",
                       re.IGNORECASE)
+# A place written in parts joined by commas: a description that shows that form ("such as 'San
+# Francisco, CA'", "in the format of 'City, State'") asks for that many parts; the request's run of
+# capitalised parts ("Portland, OR", "2020 Addison Street, Berkeley, CA, USA").
+_PLACE_PART = r"(?:street|address|city|town|state|country|province|region|location)(?:\s\(abbr\))?"
+_PLACE_FORM = re.compile(rf"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{{2}}\b|\b{_PLACE_PART}(?:,\s{_PLACE_PART})+\b",
+                         re.IGNORECASE)
+_CAPITAL_PART = r"(?:\d\w*\s)?[A-Z][\w'-]*(?:\s[A-Z][\w'-]*){0,3}"
+_CAPITAL_PARTS = re.compile(rf"{_CAPITAL_PART}(?:,\s{_CAPITAL_PART})+")
 _BETWEEN_AND = re.compile(r"\bbetween\b[^.;!?]*\band\W*$", re.IGNORECASE)
 _WORD_BEFORE = re.compile(r"([A-Za-z]+)[\s\"'(\[]*$")
 _SENTENCE_ENDS = frozenset(".!?:;\n\"'(“")
 _ASSIGNMENT = re.compile(r"(?<![\w.])([A-Za-z_][\w.]*)\s*[=:]\s*[\"'`]?(?=\S)")
 _ASKS_JOINED_LIST = re.compile(r"\bcomma[- ](?:separated|delimited)\b|\bseparated by (?:a )?commas?\b", re.IGNORECASE)
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def place_parts(node: dict) -> int:
+    """How many comma-joined parts a string parameter's description shows a place written in
+    ("'City, State'": 2, "such as 'San Francisco, CA'": 2, "'Street Address, City, State (abbr),
+    Country'": 4); 0 where it shows none."""
+    if node.get("type") != "string":
+        return 0
+    return _place_parts(node.get("description") or "")
+
+
+@lru_cache(maxsize=4096)
+def _place_parts(description: str) -> int:
+    return max((m.group().count(",") + 1 for m in _PLACE_FORM.finditer(description)), default=0)
 
 
 def joined_list_separator(node: dict) -> str | None:
@@ -348,6 +370,7 @@ class CallDecoder:
         self._assignments: dict[str, set[int]] | None = None  # see _named_starts
         self._days: dict[int, list[int]] | None = None  # see _day_spans
         self._quoted: list[tuple[int, set[int]]] | None = None  # see _quotes
+        self._places: list[tuple[int, list[int]]] | None = None  # see _place_runs
         if tool_choice not in ("auto", "required", "any", "none"):
             names = [s.name for s in self.specs]
             if tool_choice not in names:
@@ -394,7 +417,18 @@ class CallDecoder:
         "the Louvre Museum" (1,266 values after a lower-case "the", 2 that keep it), while "The
         Office" keeps its capital article as part of the name. Nor does a cut into an identifier
         (`_splits_identifier`) or a place inside a quoted string (`_inside_quote`)."""
-        return self.first_word(p) == "the" or self._splits_identifier(p, start=True) or self._inside_quote(p)
+        return (self.first_word(p) == "the" or self._splits_identifier(p, start=True) or self._inside_quote(p)
+                or self._splits_clock(p, start=True))
+
+    def _splits_clock(self, p: int, start: bool) -> bool:
+        """Would a text span starting (or ending) at token ``p`` cut digits joined by a colon, a
+        time of day or a ratio ("17:15", "16:9")? The recorded teachers copy 85 text values that
+        hold such digits and cut none. Numbers may ("3:15" gives hours 3 and minutes 15), so this
+        binds text values only."""
+        text, (a, b) = self.r.segments[self.r.segment[p]], self.r.offsets[p]
+        edge, across, beyond = ((text[a:a + 1], text[a - 1:a], text[a - 2:a - 1]) if start
+                                else (text[b - 1:b], text[b:b + 1], text[b + 1:b + 2]))
+        return CLOCK_TIMES and across == ":" and edge.isdigit() and beyond.isdigit()
 
     def _splits_identifier(self, p: int, start: bool) -> bool:
         """Would a span starting (or ending) at token ``p`` cut an identifier: at an underscore
@@ -440,8 +474,9 @@ class CallDecoder:
         ends where the quote does (or before its final "."), and no other span reaches into one;
         a quote that may hold a list (a comma, "and", "or") is left free. Recorded teachers: of the
         values that overlap a quoted string, 2,628 are the whole quote, 13 a part of it (7 of them
-        the quote without its final period)."""
-        ends = self.word_ends(s, limit)
+        the quote without its final period). Nor does a text value end inside a time ("17" of
+        "17:15", `_splits_clock`)."""
+        ends = [e for e in self.word_ends(s, limit) if not self._splits_clock(e, start=False)]
         if not QUOTED_WHOLE:
             return ends
         for first, lasts in self._quotes():
@@ -610,6 +645,8 @@ class CallDecoder:
                 ends = [e for e in ends if e in days] or ends
             if OWN_NAME_ENDS and not top.as_key and top.node.get("type") == "string":
                 ends = self._without_own_name_end(top.start, ends, top.path) or ends
+            if PLACE_FORMS and not top.as_key and (parts := place_parts(top.node)) > 1:
+                ends = self._place_ends(top.start, ends, parts) or ends
             pos[ends] = True
         elif isinstance(top, _Value):
             self._value_first(top.node, top.path, top.tool, struct, pos, fresh=top.optional)
@@ -689,6 +726,8 @@ class CallDecoder:
                 starts = named or self._without_own_name(starts, path) or starts
                 if CAPITAL_THE and not named:
                     starts = [p for p in starts if not self._after_capital_the(p)] or starts
+                if PLACE_FORMS and not named and place_parts(inner) > 1:
+                    starts = self._place_starts(starts) or starts
             else:
                 if UNIT_QUANTITIES and not named:
                     starts = self._unit_starts(starts, path) or starts
@@ -732,6 +771,38 @@ class CallDecoder:
             return False
         before = before.rstrip()
         return bool(before) and before[-1] not in _SENTENCE_ENDS
+
+    def _place_runs(self) -> list[tuple[int, list[int]]]:
+        """(first token, last token of each part) of each run of capitalised parts joined by
+        commas in the latest request ("Riga, Latvia", "2020 Addison Street, Berkeley, CA, USA")."""
+        if self._places is None:
+            self._places = []
+            text, first_at, last_at = self._latest_tokens()
+            for m in _CAPITAL_PARTS.finditer(text):
+                ends, at = [], m.start()
+                for part in m.group().split(", "):
+                    at += len(part)
+                    ends.append(last_at.get(at))
+                    at += 2
+                if m.start() in first_at and None not in ends:
+                    self._places.append((first_at[m.start()], ends))
+        return self._places
+
+    def _place_starts(self, starts: list[int]) -> list[int]:
+        """For a parameter that wants a place in comma-joined parts (`place_parts`): the starts
+        not inside such a run of the request other than its first word ("Latvia" of "Riga,
+        Latvia" is no start). Recorded teachers: 10 of the 11 values of such parameters that
+        overlap a run take it whole, up to the parts the description shows."""
+        inside = {p for first, ends in self._place_runs() for p in range(first + 1, ends[-1] + 1)}
+        return [p for p in starts if p not in inside]
+
+    def _place_ends(self, start: int, ends: list[int], parts: int) -> list[int]:
+        """The end of a place run that ``start`` begins, after as many parts as the parameter's
+        description shows (or all the run has): "Portland, OR", not "Portland"."""
+        for first, run_ends in self._place_runs():
+            if first == start:
+                return [e for e in ends if e == run_ends[min(parts, len(run_ends)) - 1]]
+        return ends
 
     def _unit_starts(self, starts: list[int], path: tuple) -> list[int]:
         """The starts of numbers not followed by a unit of another quantity than the one the
@@ -1070,6 +1141,11 @@ OWN_NAME_ENDS = True
 NAMED_BOOLEANS = True
 # A from-like parameter takes no value said right after "to", a to-like one none after "from".
 DIRECTION_WORDS = True
+# A parameter whose description shows a place in comma-joined parts ("'City, State'") takes the
+# request's whole run of such parts ("Portland, OR"; `place_parts`, `CallDecoder._place_runs`).
+PLACE_FORMS = True
+# A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).
+CLOCK_TIMES = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 

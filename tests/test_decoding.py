@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from needle_core.callformat import FALSE, K_SPAN_END, N_STRUCT, TRUE, Renderer
 from needle_core.decoding import (CallDecoder, DecodeError, date_format, encode_calls, greedy_decode_batch, parse_date,
-                                   parse_number, span_value)
+                                   parse_number, place_parts, span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
 
 RENDERER = Renderer()
@@ -716,3 +716,41 @@ def test_a_text_value_that_overlaps_a_quoted_string_is_the_whole_quote():
     rendered = RENDERER.render([{"role": "user", "content": "Diagnose patients 'RkohOO and g8GAsQ'"}], [WEATHER])
     spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
     assert {"RkohOO", "g8GAsQ"} <= {rendered.span_text(s, e) for s in spans for e in spans[s]}  # may be a list
+
+
+def test_a_text_value_does_not_cut_a_time_of_day():
+    """"17:15" is one text value, never "17" or "15"; a number may still be either half ("3:15"
+    gives hours 3 and minutes 15)."""
+    rendered = RENDERER.render([{"role": "user", "content": "Set an alarm at 17:15 please"}], [WEATHER])
+    decoder = CallDecoder(rendered, [WEATHER])
+    texts = decoder.valid_spans({"type": "string"})
+    values = {rendered.span_text(s, e) for s in texts for e in texts[s]}
+    assert "17:15" in values and not {"17", "15", ":15", "17:"} & values
+    numbers = decoder.valid_spans({"type": "integer"})
+    assert {"17", "15"} <= {rendered.span_text(s, e) for s in numbers for e in numbers[s]}
+
+
+@pytest.mark.parametrize("description, parts", [
+    ("The city, such as 'San Francisco, CA'.", 2), ("in the format of 'City, State'", 2),
+    ("in the format of 'Street Address, City, State (abbr), Country'", 4),
+    ("The city, e.g. Paris, London, Tokyo", 0), ("The city name", 0)])
+def test_place_parts_reads_the_form_a_description_shows(description, parts):
+    assert place_parts({"type": "string", "description": description}) == parts
+
+
+def test_a_place_parameter_takes_the_whole_comma_joined_place():
+    """A parameter described as 'City, State' takes "Riga, Latvia" whole: never "Latvia" alone, and
+    no more parts than its form has ("Can" of ", Can you"); a plain text value may be "Riga"."""
+    spec = to_tool_spec({"name": "weather", "parameters": {"type": "object", "properties": {
+        "location": {"type": "string", "description": "The city in the format of 'City, State'"}},
+        "required": ["location"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Im at Riga, Latvia, Can you tell me the weather?"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("location",))])
+    starts = {decoder.first_word(int(p)): int(p) for p in np.flatnonzero(decoder.allowed()[1])}
+    assert "Riga" in starts and not {"Latvia", "Can"} & set(starts)
+    decoder.step(N_STRUCT + starts["Riga"])
+    assert {rendered.span_text(starts["Riga"], int(e)) for e in np.flatnonzero(decoder.allowed()[1])} == {"Riga, Latvia"}
+    plain = CallDecoder(rendered, [spec]).valid_spans({"type": "string"})
+    assert {"Riga", "Latvia"} <= {rendered.span_text(s, e) for s in plain for e in plain[s]}
