@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from needle_core.callformat import FALSE, K_SPAN_END, N_STRUCT, TRUE, Renderer
+from needle_core.callformat import END, END_LIST, FALSE, ITEMS, K_SPAN_END, LIST, N_STRUCT, TRUE, Renderer
 from needle_core.decoding import (CallDecoder, DecodeError, date_format, encode_calls, greedy_decode_batch, parse_date,
                                    parse_number, place_parts, span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
@@ -754,3 +754,89 @@ def test_a_place_parameter_takes_the_whole_comma_joined_place():
     assert {rendered.span_text(starts["Riga"], int(e)) for e in np.flatnonzero(decoder.allowed()[1])} == {"Riga, Latvia"}
     plain = CallDecoder(rendered, [spec]).valid_spans({"type": "string"})
     assert {"Riga", "Latvia"} <= {rendered.span_text(s, e) for s in plain for e in plain[s]}
+
+
+def test_an_enum_value_is_the_one_option_the_request_says():
+    """"a Theater event" leaves only "Theater" of ["Music", "Theater"]; a request that says both, or
+    neither, leaves both; an array of options is left free (it may want more than the one said)."""
+    spec = to_tool_spec({"name": "events", "parameters": {"type": "object", "properties": {
+        "event_type": {"type": "string", "enum": ["Music", "Theater"]},
+        "kinds": {"type": "array", "items": {"type": "string", "enum": ["Music", "Theater"]}}},
+        "required": ["event_type", "kinds"]}})
+
+    def options(request: str, key: str) -> set:
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        if key == "kinds":
+            decoder.step(N_STRUCT + rendered.param_pos[(0, ("event_type",))])
+            decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        if key == "kinds":
+            decoder.step(LIST)
+        by_pos = dict(rendered.option_pos[(0, (key,) if key == "event_type" else (key, ITEMS))])
+        return {by_pos[int(p)] for p in np.flatnonzero(decoder.allowed()[1])}
+
+    assert options("Find a Theater event in Chicago", "event_type") == {"Theater"}
+    assert options("Find a music or theater event", "event_type") == {"Music", "Theater"}
+    assert options("Find something fun", "event_type") == {"Music", "Theater"}
+    assert options("Find a Theater event in Chicago", "kinds") == {"Music", "Theater"}
+
+
+def test_a_call_does_not_end_before_an_optional_day_the_request_names():
+    """"on March 3, 2023" is the optional date's value: the call cannot end without it; with no
+    day in the request, or the day already taken, it can."""
+    spec = to_tool_spec({"name": "weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}, "when": {"type": "string", "description": "The day, YYYY-MM-DD"},
+        "date": {"type": "string", "description": "Another day, YYYY-MM-DD"}}, "required": ["city"]}})
+
+    def may_end(request: str, take_day: bool) -> bool:
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("city",))])
+        boston = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == "Boston")
+        decoder.step(N_STRUCT + boston)
+        if decoder.kind == K_SPAN_END:
+            decoder.step(N_STRUCT + boston)
+        if take_day:
+            decoder.step(N_STRUCT + rendered.param_pos[(0, ("when",))])
+            decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
+            while decoder.kind == K_SPAN_END:
+                decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[-1]))
+        return bool(decoder.allowed()[0][END])
+
+    assert not may_end("Weather in Boston on March 3, 2023", take_day=False)
+    assert may_end("Weather in Boston on March 3, 2023", take_day=True)
+    assert may_end("Weather in Boston tomorrow", take_day=False)
+
+
+def test_an_array_that_starts_a_bracketed_list_copies_it_whole_in_order():
+    """"[12, 15, 18, 21]": once the first item is 12 the next can only be 15, then 18, then 21,
+    and the array then ends; an array that starts elsewhere is left free."""
+    spec = to_tool_spec({"name": "average", "parameters": {"type": "object", "properties": {
+        "numbers": {"type": "array", "items": {"type": "number"}}}, "required": ["numbers"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Average of [12, 15, 18, 21] and 7 please"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("numbers",))])
+    decoder.step(LIST)
+    free = {rendered.span_text(int(p), int(p)).strip() for p in np.flatnonzero(decoder.allowed()[1])}
+    assert {"12", "15", "18", "21", "7"} <= free
+    for number in ("12", "15", "18", "21"):
+        starts = {rendered.span_text(int(p), int(p)).strip(): int(p) for p in np.flatnonzero(decoder.allowed()[1])}
+        assert number in starts and (number == "12" or set(starts) == {number})
+        assert number == "12" or not decoder.allowed()[0][END_LIST]
+        decoder.step(N_STRUCT + starts[number])
+        if decoder.kind == K_SPAN_END:
+            decoder.step(N_STRUCT + starts[number])
+    struct, pos = decoder.allowed()
+    assert struct[END_LIST] and struct.sum() == 1 and not pos.any()
+
+
+def test_a_text_value_does_not_end_with_an_article():
+    """"at The Plaza hotel": "The" alone is no value ("The Plaza" is)."""
+    rendered = RENDERER.render([{"role": "user", "content": "Book a room at The Plaza hotel"}], [WEATHER])
+    spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
+    values = {rendered.span_text(s, e) for s in spans for e in spans[s]}
+    assert "The Plaza" in values and not {"The", "at The", "Book a room at The"} & values
