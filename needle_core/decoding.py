@@ -180,8 +180,7 @@ _NEGATED = re.compile(r"\b(?:without|no|not|\w+n['’]t|dont|exclude|excluding|n
 # Francisco, CA'", "in the format of 'City, State'") asks for that many parts; the request's run of
 # capitalised parts ("Portland, OR", "2020 Addison Street, Berkeley, CA, USA").
 _PLACE_PART = r"(?:street|address|city|town|state|country|province|region|location)(?:\s\(abbr\))?"
-_PLACE_FORM = re.compile(rf"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{{2}}\b|\b{_PLACE_PART}(?:,\s{_PLACE_PART})+\b",
-                         re.IGNORECASE)
+_PLACE_FORM = re.compile(rf"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{{2}}\b|(?i:\b{_PLACE_PART}(?:,\s{_PLACE_PART})+\b)")
 _CAPITAL_PART = r"(?:\d\w*\s)?[A-Z][\w'-]*(?:\s[A-Z][\w'-]*){0,3}"
 _CAPITAL_PARTS = re.compile(rf"{_CAPITAL_PART}(?:,\s{_CAPITAL_PART})+")
 _BRACKETED = re.compile(r"\[([^\[\]\n]{1,400})\]")

@@ -733,7 +733,9 @@ def test_a_text_value_does_not_cut_a_time_of_day():
 @pytest.mark.parametrize("description, parts", [
     ("The city, such as 'San Francisco, CA'.", 2), ("in the format of 'City, State'", 2),
     ("in the format of 'Street Address, City, State (abbr), Country'", 4),
-    ("The city, e.g. Paris, London, Tokyo", 0), ("The city name", 0)])
+    ("The city, e.g. Paris, London, Tokyo", 0), ("The city name", 0),
+    ("The date for which weather is requested, in the format of 'YYYY-MM-DD'", 0),
+    ("in the format of 'city, state'", 2)])
 def test_place_parts_reads_the_form_a_description_shows(description, parts):
     assert place_parts({"type": "string", "description": description}) == parts
 
