@@ -428,10 +428,18 @@ class CallDecoder:
         time of day or a ratio ("17:15", "16:9")? The recorded teachers copy 85 text values that
         hold such digits and cut none. Numbers may ("3:15" gives hours 3 and minutes 15), so this
         binds text values only."""
+        if not CLOCK_TIMES:
+            return False
+        edge, across, beyond = self._around_cut(p, start)
+        return across == ":" and edge.isdigit() and beyond.isdigit()
+
+    def _around_cut(self, p: int, start: bool) -> tuple[str, str, str]:
+        """For a span starting (or ending) at token ``p``: (its first (last) character, the one
+        across the cut, the one beyond that)."""
         text, (a, b) = self.r.segments[self.r.segment[p]], self.r.offsets[p]
-        edge, across, beyond = ((text[a:a + 1], text[a - 1:a], text[a - 2:a - 1]) if start
-                                else (text[b - 1:b], text[b:b + 1], text[b + 1:b + 2]))
-        return CLOCK_TIMES and across == ":" and edge.isdigit() and beyond.isdigit()
+        if start:
+            return text[a:a + 1], text[a - 1:a] if a else "", text[a - 2:a - 1] if a > 1 else ""
+        return text[b - 1:b], text[b:b + 1], text[b + 1:b + 2]
 
     def _splits_identifier(self, p: int, start: bool) -> bool:
         """Would a span starting (or ending) at token ``p`` cut an identifier: at an underscore
@@ -440,14 +448,14 @@ class CallDecoder:
         the cut ("microsoft.windows.")? Of the 9,607 text values that the recorded teachers copied
         from the conversation, none does the first or the last, 2 the second (a missing space in
         "Los Angeles.Lastly", "mp4" of "file.mp4")."""
-        text, (a, b) = self.r.segments[self.r.segment[p]], self.r.offsets[p]
-        edge, across, beyond = ((text[a:a + 1], text[a - 1:a], text[a - 2:a - 1]) if start
-                                else (text[b - 1:b], text[b:b + 1], text[b + 1:b + 2]))
-        if text[a:b] == "_" or across == "_":
+        a, b = self.r.offsets[p]
+        token = self.r.segments[self.r.segment[p]][a:b]
+        edge, across, beyond = self._around_cut(p, start)
+        if token == "_" or across == "_":
             return True
         if across == "." and beyond.isalnum() and edge.isalnum():
             return True
-        return across.isalnum() and not any(ch.isalnum() for ch in text[a:b])
+        return across.isalnum() and not any(ch.isalnum() for ch in token)
 
     def first_word(self, p: int) -> str:
         """The word that starts at text position ``p``, up to a space or punctuation: "namespace",
@@ -480,8 +488,7 @@ class CallDecoder:
         the quote without its final period). Nor does a text value end inside a time ("17" of
         "17:15", `_splits_clock`) or with the article "the" or "an" ("The" of "at The Plaza hotel";
         none of the teachers' 14,339 text values does)."""
-        ends = [e for e in self.word_ends(s, limit) if not self._splits_clock(e, start=False)
-                and not (ARTICLE_ENDS and self.r.word_start[e] and self.r.span_text(e, e).strip().lower() in ("the", "an"))]
+        ends = [e for e in self.word_ends(s, limit) if not self._splits_clock(e, start=False) and not self._is_article(e)]
         if not QUOTED_WHOLE:
             return ends
         for first, lasts in self._quotes():
@@ -490,6 +497,10 @@ class CallDecoder:
             if s < first:
                 ends = [e for e in ends if e < first]
         return ends
+
+    def _is_article(self, p: int) -> bool:
+        """Is token ``p`` the whole word "the" or "an" (no text value ends with one)?"""
+        return ARTICLE_ENDS and bool(self.r.word_start[p]) and self.r.span_text(p, p).strip().lower() in ("the", "an")
 
     def _inside_quote(self, p: int) -> bool:
         """Is token ``p`` inside a quoted string (or its opening quote mark) other than its first word?"""
@@ -808,9 +819,10 @@ class CallDecoder:
         ["Music", "Theater"], "from 2018" for ["2018", "2019"]), as a one-item list; [] when it
         says none or several. Options of one or two characters and words such as "all", "any" or
         "none" do not count: requests say them for other reasons. Recorded teachers, for an enum
-        parameter with one option said: that option 867 times, another 70, all 70 one DroidCall
-        tool's "wireless" for a request that says "Bluetooth" or "airplane mode" (a grouping of
-        that tool's that the model has learnt and this rule overrules)."""
+        parameter with one option said: that option 867 times, another 70, all 70 of one DroidCall
+        tool whose options are common words ("wireless" for "Bluetooth", "wifi" for "display the
+        Wi-Fi information"): the model has learnt that tool, and this rule overrules it there (2
+        held-out requests), while on unseen tools it picks options the request does not say."""
         latest = self._latest_request()
         if latest is None:
             return []
