@@ -647,12 +647,16 @@ class CallDecoder:
             else:
                 self._object_keys(top, struct, pos)
         elif isinstance(top, _Array):
-            if len(top.value) >= top.node.get("minItems", 0):
+            items = top.node.get("items", {})
+            if len(top.value) < self._array_cap(top.node) and self.feasible(items):
+                self._value_first(items, top.path + (ITEMS,), top.tool, struct, pos)
+            # a given array of plain values has an item where one can be formed: the recorded
+            # teachers give no empty array (825 arrays, none empty), greedy decoding gives [] for
+            # "vector B [1, 2, 3]" (arrays of objects are left free: an item there may be {})
+            scalar_items = primary_branch(items)[0].get("type") not in ("object", "array")
+            if len(top.value) >= top.node.get("minItems", 0) and (
+                    top.value or not (NONEMPTY_ARRAYS and scalar_items) or not (struct.any() or pos.any())):
                 struct[END_LIST] = True
-            if len(top.value) < self._array_cap(top.node):
-                items = top.node.get("items", {})
-                if self.feasible(items):
-                    self._value_first(items, top.path + (ITEMS,), top.tool, struct, pos)
             if BRACKET_LISTS and top.starts and len(top.starts) == len(top.value):
                 self._follow_bracket(top, struct, pos)
         elif isinstance(top, _Span):
@@ -907,14 +911,20 @@ class CallDecoder:
         numeric parameter's name says ("0°C" is no ``mass``, "1kg" no ``initial_temperature``). In
         the recorded teacher answers, 229 of 230 numbers followed by a unit of mass, temperature,
         length or time went to a parameter named for that quantity (the other: 60 minutes as
-        ``session_length``, a name this rule does not read)."""
+        ``session_length``, a name this rule does not read). Nor does such a parameter take an
+        amount of money ("$2000" is no ``period_in_years``): the teachers give the 150 numbers
+        said after a currency sign to money parameters (amount, price, budget, ...), none to one
+        named for these quantities."""
         words = set(_parameter_words(path))
         wanted = {q for q, names in _QUANTITY_NAME_WORDS.items() if words & names}
         if len(wanted) != 1:
             return starts
         kept = []
         for p in starts:
-            m = _NUMBER_THEN_UNIT.match(self.r.segments[self.r.segment[p]], self.r.offsets[p][0])
+            text, start = self.r.segments[self.r.segment[p]], self.r.offsets[p][0]
+            if MONEY_AMOUNTS and text[max(0, start - 2):start].strip()[-1:] in ("$", "€", "£"):
+                continue
+            m = _NUMBER_THEN_UNIT.match(text, start)
             if m is None or next(q for q, unit in m.groupdict().items() if unit is not None) in wanted:
                 kept.append(p)
         return kept
@@ -1252,6 +1262,11 @@ SAID_OPTIONS = True
 ARTICLE_ENDS = True
 # An array that starts with the first element of a bracketed list ("[12, 15, 18]") copies it whole.
 BRACKET_LISTS = True
+# A number said after a currency sign goes to no parameter named for mass, temperature, length or
+# time (`CallDecoder._unit_starts`).
+MONEY_AMOUNTS = True
+# A given array of plain values is not empty where an item can be formed (`_compute_allowed`).
+NONEMPTY_ARRAYS = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).
 CLOCK_TIMES = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call

@@ -842,3 +842,36 @@ def test_a_text_value_does_not_end_with_an_article():
     spans = CallDecoder(rendered, [WEATHER]).valid_spans({"type": "string"})
     values = {rendered.span_text(s, e) for s in spans for e in spans[s]}
     assert "The Plaza" in values and not {"The", "at The", "Book a room at The"} & values
+
+
+def test_a_given_array_is_not_empty_where_an_item_can_be_formed():
+    """After "[" the list cannot end at once while the request holds a number; with none in the
+    request the empty list is still allowed (no dead end)."""
+    spec = to_tool_spec({"name": "similarity", "parameters": {"type": "object", "properties": {
+        "vector": {"type": "array", "items": {"type": "number"}}}, "required": ["vector"]}})
+    for request, may_end in (("Vector B is [1, 2, 3]", False), ("Vector B please", True)):
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("vector",))])
+        decoder.step(LIST)
+        struct, pos = decoder.allowed()
+        assert bool(struct[END_LIST]) == may_end and (pos.any() or struct.any())
+
+
+def test_an_amount_of_money_goes_to_no_parameter_named_for_time():
+    """"$100 a day for 7 days": days takes 7, not the 100 said after "$"; an amount parameter
+    may take either."""
+    spec = to_tool_spec({"name": "trip", "parameters": {"type": "object", "properties": {
+        "days": {"type": "integer"}, "daily_budget": {"type": "integer"}}, "required": ["days", "daily_budget"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Plan a trip with $100 a day for 7 days"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("days",))])
+    assert {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])} == {"7"}
+    seven = int(np.flatnonzero(decoder.allowed()[1])[0])
+    decoder.step(N_STRUCT + seven)
+    if decoder.kind == K_SPAN_END:
+        decoder.step(N_STRUCT + seven)
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("daily_budget",))])
+    assert "100" in {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
