@@ -799,6 +799,9 @@ class CallDecoder:
             if fresh:
                 used = self.used_starts
                 starts = [p for p in starts if p not in used]
+            elif FRESH_ITEMS and path and path[-1] == ITEMS:  # see FRESH_ITEMS
+                used = self.used_starts
+                starts = [p for p in starts if p not in used] or starts
             if DATE_SPANS and date_format(inner):
                 days = self._day_spans()
                 starts = [p for p in starts if p in days] or starts
@@ -1262,6 +1265,11 @@ SAID_OPTIONS = True
 ARTICLE_ENDS = True
 # An array that starts with the first element of a bracketed list ("[12, 15, 18]") copies it whole.
 BRACKET_LISTS = True
+# An array item is copied from a span that no argument of the call (nor an earlier item) started
+# at, where the request has one: the recorded teachers' 1,333 items copied beside other arguments
+# reuse another argument's span once (a coincidence of equal numbers), greedy decoding gives
+# "stats_fields": ["LeBron James"] beside "player_name": "LeBron James".
+FRESH_ITEMS = True
 # A number said after a currency sign goes to no parameter named for mass, temperature, length or
 # time (`CallDecoder._unit_starts`).
 MONEY_AMOUNTS = True

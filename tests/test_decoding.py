@@ -875,3 +875,22 @@ def test_an_amount_of_money_goes_to_no_parameter_named_for_time():
         decoder.step(N_STRUCT + seven)
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("daily_budget",))])
     assert "100" in {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+
+
+def test_an_array_item_is_not_copied_from_a_span_another_argument_took():
+    """"player": "LeBron" leaves "LeBron" to no item of "fields" while the request has other words."""
+    spec = to_tool_spec({"name": "stats", "parameters": {"type": "object", "properties": {
+        "player": {"type": "string"}, "fields": {"type": "array", "items": {"type": "string"}}},
+        "required": ["player", "fields"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Stats for LeBron: points and assists"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("player",))])
+    lebron = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == "LeBron")
+    decoder.step(N_STRUCT + lebron)
+    while decoder.kind == K_SPAN_END:
+        decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[-1]))
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("fields",))])
+    decoder.step(LIST)
+    starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    assert {"points", "assists"} <= starts and "LeBron" not in starts
