@@ -26,7 +26,7 @@ import numpy as np
 from needle_core.callformat import (END, END_LIST, FALSE, ITEMS, K_CALL, K_ITEM, K_KEY, K_SPAN_END, K_VALUE, LIST,
                                     MARK_USER, N_STRUCT, NULL, PT_TEXT, STOP, TRUE, Rendered, enum_options,
                                     primary_branch)
-from needle_core.listed_values import complete_lists, fan_out, join_lists, scalar_values
+from needle_core.listed_values import complete_lists, fan_out, join_lists, listed_with, scalar_values
 from needle_core.schema import name_words
 
 _WORD_NUMBERS = {w: i for i, w in enumerate(
@@ -374,6 +374,7 @@ class CallDecoder:
         self._quoted: list[tuple[int, set[int]]] | None = None  # see _quotes
         self._places: list[tuple[int, list[int]]] | None = None  # see _place_runs
         self._bracketed: list[list[int]] | None = None  # see _brackets
+        self._lists_of_numbers: list[list[set[int]]] | None = None  # see _number_lists
         if tool_choice not in ("auto", "required", "any", "none"):
             names = [s.name for s in self.specs]
             if tool_choice not in names:
@@ -818,6 +819,8 @@ class CallDecoder:
             else:
                 if UNIT_QUANTITIES and not named:
                     starts = self._unit_starts(starts, path) or starts
+                if SIBLING_ORDER and not named and len(path) == 1:
+                    starts = self._sibling_starts(starts, path[0], tool) or starts
                 starts = named or starts
             pos[starts] = True
 
@@ -931,6 +934,51 @@ class CallDecoder:
             if m is None or next(q for q, unit in m.groupdict().items() if unit is not None) in wanted:
                 kept.append(p)
         return kept
+
+    def _sibling_starts(self, starts: list[int], key: str, tool: int) -> list[int]:
+        """Numbered or lettered parameters (num1, num2; a, b, c) take the numbers of a list of the
+        request in order ("the GCD of 12 and 18", "coefficients 2, 3 and -4"): the one after a
+        given sibling takes the list's next number, the first of them no number but a list's
+        first. Recorded teachers: 29 of 29 such pairs take consecutive elements, 28 of 28 first
+        siblings the first (`runs/s14/sibling_next.py`)."""
+        text, first_at, _ = self._latest_tokens()
+        latest = self._latest_request()
+        before, after = _sibling(key, -1), _sibling(key, +1)
+        if before is not None and before in self.call_anchors:
+            s, e, _ = self.call_anchors[before]
+            if self.r.segment[s] != latest:
+                return starts
+            a, b = self.r.offsets[s][0], self.r.offsets[e][1]
+            group = sorted(listed_with(text, a, b, numeric=True) + [(a, b)])
+            i = group.index((a, b))
+            nxt = first_at.get(group[i + 1][0]) if i + 1 < len(group) else None
+            return [nxt] if nxt in starts else starts
+        if after is not None and (tool, (after,)) in self.r.param_pos and (
+                before is None or (tool, (before,)) not in self.r.param_pos):
+            size = 1  # the series' length: "a", "b", "c" -> 3
+            while (name := _sibling(key, size)) is not None and (tool, (name,)) in self.r.param_pos:
+                size += 1
+            later = {p for group in self._number_lists() if len(group) == size for element in group[1:] for p in element}
+            return [p for p in starts if p not in later]
+        return starts
+
+    def _number_lists(self) -> list[list[set[int]]]:
+        """The lists of numbers of the latest request ("2, 3 and -4"), each number as its tokens.
+        A series of parameters reads a list only as long as itself: "3 and 4, 5 and 12" is two
+        pairs for (a, b), not a list of four."""
+        if self._lists_of_numbers is None:
+            self._lists_of_numbers, seen = [], set()
+            text, first_at, _ = self._latest_tokens()
+            latest = self._latest_request()
+            for s, e, _ in self._number_spans():
+                if self.r.segment[s] != latest:
+                    continue
+                a, b = self.r.offsets[s][0], self.r.offsets[e][1]
+                group = tuple(sorted(listed_with(text, a, b, numeric=True) + [(a, b)]))
+                if len(group) > 1 and group not in seen:
+                    seen.add(group)
+                    self._lists_of_numbers.append([{first_at[c] for c in range(x, y) if c in first_at} for x, y in group])
+        return self._lists_of_numbers
 
     def _named_plainly(self, path: tuple) -> bool:
         """Does the latest request name what a boolean parameter switches on, with no negation
@@ -1197,6 +1245,19 @@ class CallDecoder:
         return self.r.segments[self.r.segment[start]], self.r.offsets[start][0], self.r.offsets[end][1], to_value
 
 
+def _sibling(key: str, step: int) -> str | None:
+    """The parameter name ``step`` places before or after ``key`` in a numbered or lettered series:
+    num1 -> num2, side_2 -> side_1, b -> a (single letters a-z); None past the series' start."""
+    m = re.fullmatch(r"(.*?)(\d+)", str(key))
+    if m:
+        n = int(m.group(2)) + step
+        return m.group(1) + str(n) if n >= 1 else None
+    if len(str(key)) == 1 and str(key).isalpha() and str(key).islower():
+        c = chr(ord(key) + step)
+        return c if "a" <= c <= "z" else None
+    return None
+
+
 def _parameter_words(path: tuple) -> tuple[str, ...]:
     """The words of the name of the parameter a value path ends in (an array's items belong to
     their parameter): several rules read them at every value decision, so they are remembered."""
@@ -1273,6 +1334,9 @@ FRESH_ITEMS = True
 # A number said after a currency sign goes to no parameter named for mass, temperature, length or
 # time (`CallDecoder._unit_starts`).
 MONEY_AMOUNTS = True
+# Numbered or lettered numeric parameters (num1, num2; a, b, c) take a list's numbers in order
+# (`CallDecoder._sibling_starts`).
+SIBLING_ORDER = True
 # A given array of plain values is not empty where an item can be formed (`_compute_allowed`).
 NONEMPTY_ARRAYS = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from needle_core.callformat import END, END_LIST, FALSE, ITEMS, K_SPAN_END, LIST, N_STRUCT, TRUE, Renderer
+from needle_core.callformat import END, END_LIST, FALSE, ITEMS, K_SPAN_END, LIST, N_STRUCT, STOP, TRUE, Renderer
 from needle_core.decoding import (CallDecoder, DecodeError, date_format, encode_calls, greedy_decode_batch, parse_date,
                                    parse_number, place_parts, span_value)
 from needle_core.schema import ToolSpec, to_tool_spec
@@ -223,10 +223,11 @@ def test_a_later_call_that_brings_no_new_value_is_dropped():
     encode_calls(decoder, [paris, paris, rome])
     assert decoder.done and decoder.calls() == [paris, rome]
 
+    # names outside a numbered series, so that the order of a list's numbers is not bound (SIBLING_ORDER)
     gcd = to_tool_spec({"name": "gcd", "parameters": {"type": "object", "properties": {
-        "a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}})
+        "first": {"type": "integer"}, "second": {"type": "integer"}}, "required": ["first", "second"]}})
     rendered = RENDERER.render([{"role": "user", "content": "gcd of 12 and 18, and of 12 and 30"}], [gcd])
-    calls = [{"name": "gcd", "arguments": {"a": a, "b": b}} for a, b in ((12, 18), (18, 12), (12, 30), (30, 18))]
+    calls = [{"name": "gcd", "arguments": {"first": a, "second": b}} for a, b in ((12, 18), (18, 12), (12, 30), (30, 18))]
     decoder = CallDecoder(rendered, [gcd])
     encode_calls(decoder, calls)
     assert decoder.calls() == [calls[0], calls[2]]
@@ -894,3 +895,24 @@ def test_an_array_item_is_not_copied_from_a_span_another_argument_took():
     decoder.step(LIST)
     starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
     assert {"points", "assists"} <= starts and "LeBron" not in starts
+
+
+def test_numbered_parameters_take_a_lists_numbers_in_order():
+    """"coefficients 2, 3 and -4": a can only take 2 (not a later number of the list), then b only
+    3 and c only -4; a number outside the list ("5 times") stays free for a."""
+    spec = to_tool_spec({"name": "roots", "parameters": {"type": "object", "properties": {
+        "a": {"type": "number"}, "b": {"type": "number"}, "c": {"type": "number"}}, "required": ["a", "b", "c"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Solve 5 times: coefficients 2, 3 and -4"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    for key, expected in (("a", {"5", "2"}), ("b", {"3"}), ("c", {"-"})):
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        starts = {rendered.span_text(int(p), int(p)).strip(): int(p) for p in np.flatnonzero(decoder.allowed()[1])}
+        assert set(starts) == expected, key
+        start = starts["2"] if key == "a" else next(iter(starts.values()))
+        decoder.step(N_STRUCT + start)
+        while decoder.kind == K_SPAN_END:
+            decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[-1]))
+    decoder.step(END)
+    decoder.step(STOP)
+    assert decoder.calls() == [{"name": "roots", "arguments": {"a": 2, "b": 3, "c": -4}}]
