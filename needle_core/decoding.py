@@ -369,6 +369,7 @@ class CallDecoder:
         self.tool_of_pos = {p: i for i, p in enumerate(rendered.tool_pos)}
         self.named = None
         self._latest: tuple | None = None  # see _latest_tokens
+        self._latest_segment: tuple[int | None] | None = None  # see _latest_request
         self._assignments: dict[str, set[int]] | None = None  # see _named_starts
         self._days: dict[int, list[int]] | None = None  # see _day_spans
         self._quoted: list[tuple[int, set[int]]] | None = None  # see _quotes
@@ -941,13 +942,12 @@ class CallDecoder:
         given sibling takes the list's next number, the first of them no number but a list's
         first. Recorded teachers: 29 of 29 such pairs take consecutive elements, 28 of 28 first
         siblings the first (`runs/s14/sibling_next.py`)."""
-        text, first_at, _ = self._latest_tokens()
-        latest = self._latest_request()
         before, after = _sibling(key, -1), _sibling(key, +1)
         if before is not None and before in self.call_anchors:
             s, e, _ = self.call_anchors[before]
-            if self.r.segment[s] != latest:
+            if self.r.segment[s] != self._latest_request():
                 return starts
+            text, first_at, _ = self._latest_tokens()
             a, b = self.r.offsets[s][0], self.r.offsets[e][1]
             group = sorted(listed_with(text, a, b, numeric=True) + [(a, b)])
             i = group.index((a, b))
@@ -1233,9 +1233,12 @@ class CallDecoder:
         return anchors
 
     def _latest_request(self) -> int | None:
-        """The conversation segment of the last user message: lists in earlier turns were answered there."""
-        starts = [self.r.segment[p + 1] for p, t in enumerate(self.r.ids[:-1]) if t == MARK_USER]
-        return next((seg for seg in reversed(starts) if seg >= 0), None)
+        """The conversation segment of the last user message: lists in earlier turns were answered
+        there. Found once per decoder: several rules ask at every decision."""
+        if self._latest_segment is None:
+            starts = [self.r.segment[p + 1] for p, t in enumerate(self.r.ids[:-1]) if t == MARK_USER]
+            self._latest_segment = (next((seg for seg in reversed(starts) if seg >= 0), None),)
+        return self._latest_segment[0]
 
     def _anchor(self, start: int, end: int, node: dict) -> tuple[str, int, int, Callable]:
         """(segment text, character span, reader of another span of that text) for `listed_values`."""

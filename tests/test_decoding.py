@@ -197,6 +197,20 @@ WEATHER = to_tool_spec(
 )
 
 
+
+def _start_at(decoder: CallDecoder, word: str) -> int:
+    """Start the value being formed at the allowed span start whose first word is ``word``."""
+    start = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == word)
+    decoder.step(N_STRUCT + start)
+    return start
+
+
+def _end_value(decoder: CallDecoder, longest: bool = False) -> None:
+    """Close the span being copied at its shortest (or longest) allowed end."""
+    while decoder.kind == K_SPAN_END:
+        ends = np.flatnonzero(decoder.allowed()[1])
+        decoder.step(N_STRUCT + int(ends[-1] if longest else ends[0]))
+
 def test_tool_with_unformable_required_value_is_never_started():
     rendered = RENDERER.render([{"role": "user", "content": "weather in Paris please"}], [WEATHER])
     decoder = CallDecoder(rendered, [WEATHER], tool_choice="required")
@@ -522,8 +536,7 @@ def test_a_value_said_after_its_parameters_name_and_equals_is_that_parameters():
         starts = np.flatnonzero(decoder.allowed()[1])
         assert {rendered.span_text(int(p), int(p)) for p in starts} == expected, key
         decoder.step(N_STRUCT + int(starts[0]))
-        while decoder.kind == K_SPAN_END:
-            decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
+        _end_value(decoder)
 
 
 def test_an_optional_argument_takes_no_span_another_argument_used():
@@ -541,8 +554,7 @@ def test_an_optional_argument_takes_no_span_another_argument_used():
             decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
             start = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if rendered.span_text(int(p), int(p)) == text)
             decoder.step(N_STRUCT + start)
-            while decoder.kind == K_SPAN_END:
-                decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
+            _end_value(decoder)
         n_pos = rendered.param_pos[(0, ("n",))]
         if not decoder.allowed()[1][n_pos]:
             return None
@@ -613,8 +625,7 @@ def test_from_and_to_parameters_follow_the_words_from_and_to():
 
     starts = value_starts("departure_location")
     assert "Berlin" in starts and "Paris" not in starts
-    berlin = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == "Berlin")
-    decoder.step(N_STRUCT + berlin)
+    berlin = _start_at(decoder, "Berlin")
     decoder.step(N_STRUCT + decoder.word_ends(berlin, 8)[0])
     starts = value_starts("destination")
     assert "Paris" in starts and "Berlin" not in starts
@@ -663,8 +674,7 @@ def test_a_number_with_a_unit_goes_to_a_parameter_of_its_quantity():
     assert value_starts("mass") == {"1", "3"}
     one = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)).startswith("1"))
     decoder.step(N_STRUCT + one)
-    if decoder.kind == K_SPAN_END:
-        decoder.step(N_STRUCT + one)
+    _end_value(decoder)
     assert value_starts("initial_temperature") == {"0", "3"}
 
 
@@ -699,8 +709,7 @@ def test_a_capitalised_value_does_not_end_with_a_word_of_its_own_name():
         decoder = CallDecoder(rendered, [spec])
         decoder.step(N_STRUCT + rendered.tool_pos[0])
         decoder.step(N_STRUCT + rendered.param_pos[(0, ("court",))])
-        start = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == start_word)
-        decoder.step(N_STRUCT + start)
+        start = _start_at(decoder, start_word)
         values = {rendered.span_text(start, int(e)) for e in np.flatnonzero(decoder.allowed()[1])}
         assert expected <= values and ("New York court" not in values)
 
@@ -798,15 +807,12 @@ def test_a_call_does_not_end_before_an_optional_day_the_request_names():
         decoder = CallDecoder(rendered, [spec])
         decoder.step(N_STRUCT + rendered.tool_pos[0])
         decoder.step(N_STRUCT + rendered.param_pos[(0, ("city",))])
-        boston = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == "Boston")
-        decoder.step(N_STRUCT + boston)
-        if decoder.kind == K_SPAN_END:
-            decoder.step(N_STRUCT + boston)
+        _start_at(decoder, "Boston")
+        _end_value(decoder)
         if take_day:
             decoder.step(N_STRUCT + rendered.param_pos[(0, ("when",))])
             decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
-            while decoder.kind == K_SPAN_END:
-                decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[-1]))
+            _end_value(decoder, longest=True)
         return bool(decoder.allowed()[0][END])
 
     assert not may_end("Weather in Boston on March 3, 2023", take_day=False)
@@ -831,8 +837,7 @@ def test_an_array_that_starts_a_bracketed_list_copies_it_whole_in_order():
         assert number in starts and (number == "12" or set(starts) == {number})
         assert number == "12" or not decoder.allowed()[0][END_LIST]
         decoder.step(N_STRUCT + starts[number])
-        if decoder.kind == K_SPAN_END:
-            decoder.step(N_STRUCT + starts[number])
+        _end_value(decoder)
     struct, pos = decoder.allowed()
     assert struct[END_LIST] and struct.sum() == 1 and not pos.any()
 
@@ -872,8 +877,7 @@ def test_an_amount_of_money_goes_to_no_parameter_named_for_time():
     assert {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])} == {"7"}
     seven = int(np.flatnonzero(decoder.allowed()[1])[0])
     decoder.step(N_STRUCT + seven)
-    if decoder.kind == K_SPAN_END:
-        decoder.step(N_STRUCT + seven)
+    _end_value(decoder)
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("daily_budget",))])
     assert "100" in {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
 
@@ -887,10 +891,8 @@ def test_an_array_item_is_not_copied_from_a_span_another_argument_took():
     decoder = CallDecoder(rendered, [spec])
     decoder.step(N_STRUCT + rendered.tool_pos[0])
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("player",))])
-    lebron = next(int(p) for p in np.flatnonzero(decoder.allowed()[1]) if decoder.first_word(int(p)) == "LeBron")
-    decoder.step(N_STRUCT + lebron)
-    while decoder.kind == K_SPAN_END:
-        decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[-1]))
+    _start_at(decoder, "LeBron")
+    _end_value(decoder, longest=True)
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("fields",))])
     decoder.step(LIST)
     starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
@@ -911,8 +913,7 @@ def test_numbered_parameters_take_a_lists_numbers_in_order():
         assert set(starts) == expected, key
         start = starts["2"] if key == "a" else next(iter(starts.values()))
         decoder.step(N_STRUCT + start)
-        while decoder.kind == K_SPAN_END:
-            decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[-1]))
+        _end_value(decoder, longest=True)
     decoder.step(END)
     decoder.step(STOP)
     assert decoder.calls() == [{"name": "roots", "arguments": {"a": 2, "b": 3, "c": -4}}]
