@@ -179,6 +179,7 @@ _NEGATED = re.compile(r"\b(?:without|no|not|\w+n['’]t|dont|exclude|excluding|n
 # A place written in parts joined by commas: a description that shows that form ("such as 'San
 # Francisco, CA'", "in the format of 'City, State'") asks for that many parts; the request's run of
 # capitalised parts ("Portland, OR", "2020 Addison Street, Berkeley, CA, USA").
+_ASKED_FOR = r"\b(?:with|include|includes|including)\s+(?:(?:its|the|their|a|an|all|any|his|her)\s+)?"
 _PLACE_PART = r"(?:street|address|city|town|state|country|province|region|location)(?:\s\(abbr\))?"
 _PLACE_FORM = re.compile(rf"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{{2}}\b|(?i:\b{_PLACE_PART}(?:,\s{_PLACE_PART})+\b)")
 _CAPITAL_PART = r"(?:\d\w*\s)?[A-Z][\w'-]*(?:\s[A-Z][\w'-]*){0,3}"
@@ -713,10 +714,10 @@ class CallDecoder:
     def _object_keys(self, obj: _Object, struct, pos) -> None:
         props = obj.node.get("properties", {})
         next_required = next((j for j in obj.required_idx if j > obj.last), None)
-        if SAID_DAYS and obj.is_call:
-            day_key = self._said_day_key(obj)
-            if day_key is not None and (next_required is None or day_key < next_required):
-                next_required = day_key
+        if obj.is_call:
+            for said_key in (SAID_DAYS and self._said_day_key(obj), SAID_SWITCHES and self._said_switch_key(obj)):
+                if said_key not in (None, False) and (next_required is None or said_key < next_required):
+                    next_required = said_key
         if next_required is None:
             struct[END] = True
         stop_at = next_required if next_required is not None else len(obj.keys) - 1
@@ -747,6 +748,21 @@ class CallDecoder:
             if (j not in obj.required_idx and isinstance(node, dict) and date_format(primary_branch(node)[0])
                     and (obj.tool, obj.path + (obj.keys[j],)) in self.r.param_pos
                     and self.feasible(node) and self._fresh_value_left(node)):
+                return j
+        return None
+
+    def _said_switch_key(self, obj: _Object) -> int | None:
+        """The index of the next optional boolean parameter of the call that the latest request
+        asks for right after "with" or "include" ("with verdict" for ``with_verdict``, "including
+        its opponent name" for ``include_opponent``): the call does not end without it (true, by
+        `_named_plainly`). Recorded teachers give such a parameter in 6 of 9 answers (2 of 2 with
+        one call; the 3 left out are in three-call Seal-Tools answers, `runs/s15/with_switch.py`)."""
+        props = obj.node.get("properties", {})
+        for j in range(obj.last + 1, len(obj.keys)):
+            key = obj.keys[j]
+            node = props[key]
+            if (j not in obj.required_idx and isinstance(node, dict) and node.get("type") == "boolean"
+                    and (obj.tool, obj.path + (key,)) in self.r.param_pos and self._named_plainly(obj.path + (key,), asked=True)):
                 return j
         return None
 
@@ -980,7 +996,7 @@ class CallDecoder:
                     self._lists_of_numbers.append([{first_at[c] for c in range(x, y) if c in first_at} for x, y in group])
         return self._lists_of_numbers
 
-    def _named_plainly(self, path: tuple) -> bool:
+    def _named_plainly(self, path: tuple, asked: bool = False) -> bool:
         """Does the latest request name what a boolean parameter switches on, with no negation
         before it ("including human impact" for ``include_human_impact``, "a direct flight" for
         ``direct_flight``)? Then a given value is true: the recorded teachers give such a
@@ -992,6 +1008,8 @@ class CallDecoder:
             return False
         text = self.r.segments[latest]
         found = [re.search(r"\b" + re.escape(w[:max(4, len(w) - 3)]), text, re.IGNORECASE) for w in words]
+        if asked:  # ``asked``: the first word also right after "with" or "include" ("with verdict")
+            found[0] = re.search(_ASKED_FOR + re.escape(words[0][:max(4, len(words[0]) - 3)]), text, re.IGNORECASE)
         return all(found) and not _NEGATED.search(text, 0, found[0].start())
 
     def word_before(self, p: int) -> str:
@@ -1323,6 +1341,8 @@ DIRECTION_WORDS = True
 PLACE_FORMS = True
 # A call does not end before an optional day parameter while the request names a day it has not used.
 SAID_DAYS = True
+# A call does not end before an optional boolean the request asks for after "with"/"include".
+SAID_SWITCHES = True
 # An enum value is the one option the latest request says as a word, where it says one (`_said_option`).
 SAID_OPTIONS = True
 # A text value does not end with the article "the" or "an" (`CallDecoder.text_ends`).
@@ -1474,12 +1494,15 @@ def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = N
                    else f"no call may follow here (max_calls={decoder.max_calls})")
             raise DecodeError(f"{why}: tool {call['name']!r}")
         emit(N_STRUCT + decoder.r.tool_pos[tool])
-        _encode_object(decoder, decoder.specs[tool].parameters, (), tool, call.get("arguments") or {}, emit, stats)
+        arguments = call.get("arguments") or {}
+        sole = _sole_starts(decoder, decoder.specs[tool].parameters, arguments)
+        _encode_object(decoder, decoder.specs[tool].parameters, (), tool, arguments, emit, stats, sole)
     emit(STOP)
     return actions, kinds
 
 
-def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: dict, emit, stats) -> None:
+def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: dict, emit, stats,
+                   sole: set[int]) -> None:
     inner, _ = primary_branch(node)
     props = inner.get("properties", {})
     required = set(inner.get("required", []))
@@ -1497,7 +1520,7 @@ def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: 
             continue
         emit(N_STRUCT + p, sure=not dropped)
         dropped = False
-        _encode_value(dec, props[key], path + (key,), tool, value[key], emit, stats)
+        _encode_value(dec, props[key], path + (key,), tool, value[key], emit, stats, sole)
         stats["encoded_args"] = stats.get("encoded_args", 0) + 1
     emit(END, sure=not dropped)
 
@@ -1547,23 +1570,41 @@ def _plan_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any
 
 def _find_span(dec: CallDecoder, node: dict, value: Any) -> tuple[int, int] | None:
     """The first span whose value equals ``value`` (exact text first, then case-insensitive)."""
-    spans = dec.valid_spans(node)
-    values = ((s, e, span_value(dec.r.span_text(s, e), node, dec.r.text_after(e))[1])
-              for s, ends in spans.items() for e in ends)
+    return next(iter(_matching_spans(dec, node, value)), None)
+
+
+def _matching_spans(dec: CallDecoder, node: dict, value: Any) -> list[tuple[int, int]]:
+    """The spans whose value equals ``value``, in text order: exact text before case-insensitive."""
+    values = [(s, e, span_value(dec.r.span_text(s, e), node, dec.r.text_after(e))[1])
+              for s, ends in dec.valid_spans(node).items() for e in ends]
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return next(((s, e) for s, e, v in values if isinstance(v, (int, float)) and v == value), None)
+        return [(s, e) for s, e, v in values if isinstance(v, (int, float)) and v == value]
     if not isinstance(value, str):
-        return None
-    values = list(values)  # read twice: exact text first, then case-insensitive
-    for norm in (lambda x: x, lambda x: x.lower().strip()):
-        target = norm(value)
-        hit = next(((s, e) for s, e, v in values if isinstance(v, str) and norm(v) == target), None)
-        if hit:
-            return hit
-    return None
+        return []
+    exact = [(s, e) for s, e, v in values if v == value]
+    return exact + [(s, e) for s, e, v in values
+                    if isinstance(v, str) and v != value and v.lower().strip() == value.lower().strip()]
 
 
-def _encode_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any, emit, stats) -> None:
+def _sole_starts(dec: CallDecoder, node: dict, value: Any) -> set[int]:
+    """Where the input holds a value of ``value`` (a call's arguments) at one place only. A value
+    with several copies is placed at another copy: decoding may have given an optional argument
+    the only copy of its value while an equal value of another argument took a second copy, and
+    an optional argument takes no start another argument used (`_fresh_value_left`)."""
+    inner, _ = primary_branch(node)
+    if isinstance(value, dict):
+        props = inner.get("properties", {})
+        return set().union(*(_sole_starts(dec, props[k], v) for k, v in value.items() if k in props))
+    if isinstance(value, list):
+        return set().union(*(_sole_starts(dec, inner.get("items", {}), item) for item in value))
+    if isinstance(value, bool) or enum_options(inner) is not None or inner.get("type") not in ("string", "integer", "number"):
+        return set()
+    starts = {s for s, _ in _matching_spans(dec, inner, value)}
+    return starts if len(starts) == 1 else set()
+
+
+def _encode_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any, emit, stats,
+                  sole: set[int]) -> None:
     inner, _ = primary_branch(node)
     if value is None:
         return emit(NULL)
@@ -1578,10 +1619,12 @@ def _encode_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: A
     if t == "array":
         emit(LIST)
         for item in value:
-            _encode_value(dec, inner.get("items", {}), path + (ITEMS,), tool, item, emit, stats)
+            _encode_value(dec, inner.get("items", {}), path + (ITEMS,), tool, item, emit, stats, sole)
         return emit(END_LIST)
     if t == "object":
-        return _encode_object(dec, inner, path, tool, value, emit, stats)
-    s, e = _find_span(dec, inner, value)
+        return _encode_object(dec, inner, path, tool, value, emit, stats, sole)
+    startable = dec.allowed()[1]
+    spans = _matching_spans(dec, inner, value)
+    s, e = min(spans, key=lambda span: (not startable[span[0]], span[0] in sole))  # first best: stable
     emit(N_STRUCT + s)
     emit(N_STRUCT + e)

@@ -820,6 +820,31 @@ def test_a_call_does_not_end_before_an_optional_day_the_request_names():
     assert may_end("Weather in Boston tomorrow", take_day=False)
 
 
+def test_a_call_does_not_end_before_an_optional_switch_asked_for_with_with():
+    """"with verdict" asks for the optional ``with_verdict``: the call cannot end without it, and
+    it must be true; "without verdict", or the word said but not after "with"/"include", leaves
+    the call free to end."""
+    spec = to_tool_spec({"name": "lawsuit", "parameters": {"type": "object", "properties": {
+        "case": {"type": "string"}, "with_verdict": {"type": "boolean"}}, "required": ["case"]}})
+
+    def after_case(request: str) -> CallDecoder:
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("case",))])
+        _start_at(decoder, "X12")
+        _end_value(decoder)
+        return decoder
+
+    decoder = after_case("Details of case X12 with verdict")
+    struct, pos = decoder.allowed()
+    assert not struct[END] and pos.sum() == 1
+    decoder.step(N_STRUCT + int(np.flatnonzero(pos)[0]))
+    assert decoder.allowed()[0][TRUE] and not decoder.allowed()[0][FALSE]
+    assert after_case("Details of case X12 without verdict").allowed()[0][END]
+    assert after_case("Details of case X12, the verdict matters").allowed()[0][END]
+
+
 def test_an_array_that_starts_a_bracketed_list_copies_it_whole_in_order():
     """"[12, 15, 18, 21]": once the first item is 12 the next can only be 15, then 18, then 21,
     and the array then ends; an array that starts elsewhere is left free."""
