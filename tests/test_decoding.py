@@ -211,6 +211,18 @@ def _end_value(decoder: CallDecoder, longest: bool = False) -> None:
         ends = np.flatnonzero(decoder.allowed()[1])
         decoder.step(N_STRUCT + int(ends[-1] if longest else ends[0]))
 
+def _after_first_argument(spec: ToolSpec, request: str, key: str, word: str) -> CallDecoder:
+    """A decoder for ``request`` that has started a call of ``spec`` and given ``key`` the
+    shortest value starting at ``word``."""
+    rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+    _start_at(decoder, word)
+    _end_value(decoder)
+    return decoder
+
+
 def test_tool_with_unformable_required_value_is_never_started():
     rendered = RENDERER.render([{"role": "user", "content": "weather in Paris please"}], [WEATHER])
     decoder = CallDecoder(rendered, [WEATHER], tool_choice="required")
@@ -803,14 +815,9 @@ def test_a_call_does_not_end_before_an_optional_day_the_request_names():
         "date": {"type": "string", "description": "Another day, YYYY-MM-DD"}}, "required": ["city"]}})
 
     def may_end(request: str, take_day: bool) -> bool:
-        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
-        decoder = CallDecoder(rendered, [spec])
-        decoder.step(N_STRUCT + rendered.tool_pos[0])
-        decoder.step(N_STRUCT + rendered.param_pos[(0, ("city",))])
-        _start_at(decoder, "Boston")
-        _end_value(decoder)
+        decoder = _after_first_argument(spec, request, "city", "Boston")
         if take_day:
-            decoder.step(N_STRUCT + rendered.param_pos[(0, ("when",))])
+            decoder.step(N_STRUCT + decoder.r.param_pos[(0, ("when",))])
             decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))
             _end_value(decoder, longest=True)
         return bool(decoder.allowed()[0][END])
@@ -828,13 +835,7 @@ def test_a_call_does_not_end_before_an_optional_switch_asked_for_with_with():
         "case": {"type": "string"}, "with_verdict": {"type": "boolean"}}, "required": ["case"]}})
 
     def after_case(request: str) -> CallDecoder:
-        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
-        decoder = CallDecoder(rendered, [spec])
-        decoder.step(N_STRUCT + rendered.tool_pos[0])
-        decoder.step(N_STRUCT + rendered.param_pos[(0, ("case",))])
-        _start_at(decoder, "X12")
-        _end_value(decoder)
-        return decoder
+        return _after_first_argument(spec, request, "case", "X12")
 
     decoder = after_case("Details of case X12 with verdict")
     struct, pos = decoder.allowed()
