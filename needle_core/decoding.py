@@ -167,6 +167,9 @@ _QUANTITY_NAME_WORDS = {
     "length": {"distance", "height", "radius", "width", "depth", "diameter"},
     "time": {"time", "duration", "period", "seconds", "minutes", "hours", "days", "weeks", "months", "years"},
 }
+# Words of a numeric parameter's name that do not say what it counts; see `CallDecoder._counted_starts`.
+_COUNT_NAME_WORDS = frozenset({"number", "total", "count", "maximum", "minimum", "amount", "value", "size"})
+_NUMBER_THEN_WORD = re.compile(r"([-+]?\d[\d,]*(?:\.\d+)?|[A-Za-z]+)[\s-]+([A-Za-z]{4,})")
 _NUMBER_THEN_UNIT = re.compile(r"[-+]?\d[\d,]*(?:\.\d+)?\s?(?:" + "|".join(
     f"(?P<{q}>{u})" for q, u in _QUANTITY_UNITS.items()) + r")(?![A-Za-z])", re.IGNORECASE)
 # Words of a boolean parameter's name that say how it switches rather than what it switches on,
@@ -377,6 +380,7 @@ class CallDecoder:
         self._places: list[tuple[int, list[int]]] | None = None  # see _place_runs
         self._bracketed: list[list[int]] | None = None  # see _brackets
         self._lists_of_numbers: list[list[set[int]]] | None = None  # see _number_lists
+        self._count_nouns_of: dict[int, dict[str, list[str]]] = {}  # see _count_nouns
         if tool_choice not in ("auto", "required", "any", "none"):
             names = [s.name for s in self.specs]
             if tool_choice not in names:
@@ -838,6 +842,8 @@ class CallDecoder:
                     starts = self._unit_starts(starts, path) or starts
                 if SIBLING_ORDER and not named and len(path) == 1:
                     starts = self._sibling_starts(starts, path[0], tool) or starts
+                if COUNTED_NOUNS and not named and len(path) == 1:
+                    starts = self._counted_starts(starts, path[0], tool) or starts
                 starts = named or starts
             pos[starts] = True
 
@@ -977,6 +983,40 @@ class CallDecoder:
             later = {p for group in self._number_lists() if len(group) == size for element in group[1:] for p in element}
             return [p for p in starts if p not in later]
         return starts
+
+    def _counted_starts(self, starts: list[int], key: str, tool: int) -> list[int]:
+        """A number right before a noun that names exactly one other numeric parameter of the tool
+        ("two adults" beside ``children``, "3 bathrooms" for ``number_of_baths``) is that
+        parameter's, so this one does not take it. Recorded teachers: of the numbers so placed
+        that a call gives, 36 go to the parameter the noun names, 2 elsewhere ("100 units" as a
+        ``production_rate`` beside ``units_produced``; `runs/s15/counted.py`)."""
+        nouns = self._count_nouns(tool)
+        if key not in nouns or len(nouns) < 2:
+            return starts
+        kept = []
+        for p in starts:
+            m = _NUMBER_THEN_WORD.match(self.r.segments[self.r.segment[p]], self.r.offsets[p][0])
+            if m and parse_number(m.group(1)) is not None:
+                noun = m.group(2).lower()
+                named = [k for k, stems in nouns.items() if any(noun.startswith(w[:4]) or w.startswith(noun[:4]) for w in stems)]
+                if len(named) == 1 and named[0] != key:
+                    continue
+            kept.append(p)
+        return kept
+
+    def _count_nouns(self, tool: int) -> dict[str, list[str]]:
+        """The tool's top-level numeric parameters and the words of each name that can say what it
+        counts (``number_of_baths`` -> ["baths"]; none after "per": ``cost_per_meter`` is no length)."""
+        if tool not in self._count_nouns_of:
+            props = self.specs[tool].parameters.get("properties", {})
+            nouns = {}
+            for key, node in props.items():
+                if isinstance(node, dict) and primary_branch(node)[0].get("type") in ("integer", "number"):
+                    words = list(_name_words_cached(key))
+                    words = words[:words.index("per")] if "per" in words else words
+                    nouns[key] = [w for w in words if len(w) >= 4 and w not in _COUNT_NAME_WORDS]
+            self._count_nouns_of[tool] = nouns
+        return self._count_nouns_of[tool]
 
     def _number_lists(self) -> list[list[set[int]]]:
         """The lists of numbers of the latest request ("2, 3 and -4"), each number as its tokens.
@@ -1360,6 +1400,8 @@ MONEY_AMOUNTS = True
 # Numbered or lettered numeric parameters (num1, num2; a, b, c) take a list's numbers in order
 # (`CallDecoder._sibling_starts`).
 SIBLING_ORDER = True
+# A number right before a noun naming another numeric parameter ("two adults") is that one's.
+COUNTED_NOUNS = True
 # A given array of plain values is not empty where an item can be formed (`_compute_allowed`).
 NONEMPTY_ARRAYS = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).

@@ -943,3 +943,22 @@ def test_numbered_parameters_take_a_lists_numbers_in_order():
     decoder.step(END)
     decoder.step(STOP)
     assert decoder.calls() == [{"name": "roots", "arguments": {"a": 2, "b": 3, "c": -4}}]
+
+
+def test_a_number_before_a_noun_naming_another_parameter_is_that_ones():
+    """"two adults and one child": children takes "one", not the "two" that counts adults, and
+    adults may take "two"; a rate's name (``cost_per_child``) names no count of children."""
+    spec = to_tool_spec({"name": "book", "parameters": {"type": "object", "properties": {
+        "adults": {"type": "integer"}, "children": {"type": "integer"}, "cost_per_child": {"type": "number"}},
+        "required": ["adults", "children", "cost_per_child"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Book a room for two adults and one child"}], [spec])
+
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    allowed = {}
+    for key in ("adults", "children", "cost_per_child"):
+        decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
+        allowed[key] = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+        _start_at(decoder, sorted(allowed[key])[-1])
+        _end_value(decoder)
+    assert allowed == {"adults": {"two"}, "children": {"one"}, "cost_per_child": {"one", "two"}}
