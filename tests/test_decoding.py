@@ -962,3 +962,17 @@ def test_a_number_before_a_noun_naming_another_parameter_is_that_ones():
         _start_at(decoder, sorted(allowed[key])[-1])
         _end_value(decoder)
     assert allowed == {"adults": {"two"}, "children": {"one"}, "cost_per_child": {"one", "two"}}
+
+
+def test_a_text_value_does_not_start_with_a_lower_case_number_word():
+    """"five 'burgers' and six 'chicken wings'": items start at the foods, not at "five" or "six";
+    a capitalised "One" may start a name ("One Hundred Years of Solitude")."""
+    spec = to_tool_spec({"name": "order", "parameters": {"type": "object", "properties": {
+        "items": {"type": "array", "items": {"type": "string"}}}, "required": ["items"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Order five 'burgers', six 'chicken wings' and One Hundred Years of Solitude"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("items",))])
+    decoder.step(LIST)
+    firsts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    assert {"burgers", "chicken", "One"} <= firsts and not firsts & {"five", "six"}
