@@ -214,7 +214,9 @@ def _place_parts(description: str) -> int:
     return max((m.group().count(",") + 1 for m in _PLACE_FORM.finditer(description)), default=0)
 
 
-_CITY_STATE_EXAMPLE = re.compile(r"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{2}\b")  # "San Francisco, CA"
+_ASKS_STATE_CODE = re.compile(r"\bstate (?:abbreviation|code)s?\b|\b(?:two|2)-letter (?:U\.?S\.? )?state\b", re.IGNORECASE)
+# "San Francisco, CA" ending its example (not "q=Paris, US zip e.g: q=10001", a list of forms)
+_CITY_STATE_EXAMPLE = re.compile(r"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{2}\b(?=['\"’)\].,;]|\s*$)")
 
 
 def city_with_state(text: str, node: dict) -> str:
@@ -228,11 +230,40 @@ def city_with_state(text: str, node: dict) -> str:
     return f"{text}, {state}" if state else text
 
 
+def state_code(text: str, node: dict) -> str:
+    """``text``'s abbreviation where ``node`` asks for a US state's code ("the U.S. state
+    abbreviation, such as 'CA' for California") and ``text`` names a state: "California" -> "CA"."""
+    if not asks_state_code(node):
+        return text
+    return us_state_codes().get(text.strip().casefold(), text)
+
+
+def asks_state_code(node: dict) -> bool:
+    return STATE_CODES and node.get("type") == "string" and _described_as(_ASKS_STATE_CODE, node.get("description") or "")
+
+
 @lru_cache(maxsize=1)
+def _us_places() -> dict:
+    """US city -> state abbreviation (the cities of 100,000 people or more whose name is not
+    ambiguous) and state name -> abbreviation (GeoNames, CC BY 4.0; `scripts/build_us_cities.py`)."""
+    return json.loads((Path(__file__).parent / "assets" / "us_cities.json").read_text())
+
+
 def us_city_states() -> dict[str, str]:
-    """US city -> state abbreviation: the cities of 100,000 people or more whose name is not
-    ambiguous (GeoNames, CC BY 4.0; `scripts/build_us_cities.py` builds the table)."""
-    return json.loads((Path(__file__).parent / "assets" / "us_cities.json").read_text())["cities"]
+    return _us_places()["cities"]
+
+
+@lru_cache(maxsize=1)
+def us_state_codes() -> dict[str, str]:
+    """Case-folded state name -> abbreviation."""
+    return {name.casefold(): code for name, code in _us_places()["states"].items()}
+
+
+@lru_cache(maxsize=1)
+def _state_name() -> re.Pattern:
+    """A US state's name, as a whole word or words, in any case."""
+    names = sorted(_us_places()["states"], key=len, reverse=True)
+    return re.compile(r"(?:" + "|".join(re.escape(n) for n in names) + r")(?![\w-])", re.IGNORECASE)
 
 
 def joined_list_separator(node: dict) -> str | None:
@@ -294,7 +325,7 @@ def span_value(text: str, node: dict, after: str = "") -> tuple[bool, Any]:
         day = parse_date(text)
         text = day.strftime(form) if day else text
     else:
-        text = city_with_state(text, node)
+        text = state_code(city_with_state(text, node), node)
     if "minLength" in node and len(text) < node["minLength"]:
         return False, None
     if "maxLength" in node and len(text) > node["maxLength"]:
@@ -866,6 +897,8 @@ class CallDecoder:
                     starts = [p for p in starts if not self._after_capital_the(p)] or starts
                 if PLACE_FORMS and not named and place_parts(inner) > 1:
                     starts = self._place_starts(starts) or starts
+                if not named and asks_state_code(inner):  # a state's code: start at a state's name
+                    starts = [p for p in starts if self._starts_state_name(p)] or starts
             else:
                 if UNIT_QUANTITIES and not named:
                     starts = self._unit_starts(starts, path) or starts
@@ -931,6 +964,10 @@ class CallDecoder:
             return False
         before = before.rstrip()
         return bool(before) and before[-1] not in _SENTENCE_ENDS
+
+    def _starts_state_name(self, p: int) -> bool:
+        """Does a US state's name ("California", "new york") start at token ``p``?"""
+        return bool(self.r.word_start[p]) and bool(_state_name().match(self.r.segments[self.r.segment[p]], self.r.offsets[p][0]))
 
     def _place_runs(self) -> list[tuple[int, list[int]]]:
         """(first token, last token of each part) of each run of capitalised parts joined by
@@ -1435,6 +1472,8 @@ COUNTED_NOUNS = True
 NUMBER_WORD_TEXTS = True
 # A US city where a parameter asks for "City, ST" is written with its state (`city_with_state`).
 CITY_STATES = True
+# A US state where a parameter asks for a state's code is written as its code (`state_code`).
+STATE_CODES = True
 # A given array of plain values is not empty where an item can be formed (`_compute_allowed`).
 NONEMPTY_ARRAYS = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).

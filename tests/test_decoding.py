@@ -984,7 +984,28 @@ def test_a_text_value_does_not_start_with_a_lower_case_number_word():
     ("Boston, MA", "The city and state, e.g. San Francisco, CA", "Boston, MA"),  # already in the form
     ("Springfield", "The city and state, e.g. San Francisco, CA", "Springfield"),  # ambiguous: left alone
     ("Boston", "The city name", "Boston"),  # no "City, ST" asked for
+    ("Boston", "city name e.g.: q=Paris, US zip e.g: q=10001", "Boston"),  # a list of forms, not a "City, ST" example
     ("Boston", "Street, city, state and country, e.g. '1 Main St, Boston, MA, USA'", "Boston"),  # four parts
 ])
 def test_a_us_city_gets_its_state_where_city_comma_state_is_asked_for(text, description, value):
     assert span_value(text, {"type": "string", "description": description}) == (True, value)
+
+
+def test_a_us_state_is_written_as_its_code_where_a_state_abbreviation_is_asked_for():
+    """"in San Francisco, California" gives state "CA": the value starts at the state's name and
+    is written as its code; a parameter that asks for no code keeps the name."""
+    asks_code = {"type": "string", "description": "The U.S. state abbreviation, such as 'CA' for California."}
+    assert span_value("New York", asks_code) == (True, "NY")
+    assert span_value("New York", {"type": "string", "description": "The state."}) == (True, "New York")
+    spec = to_tool_spec({"name": "tax", "parameters": {"type": "object", "properties": {"state": asks_code},
+                                                       "required": ["state"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Tax on $59.99 in San Francisco, California"}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("state",))])
+    assert {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])} == {"California"}
+    _start_at(decoder, "California")
+    _end_value(decoder)
+    decoder.step(END)
+    decoder.step(STOP)
+    assert decoder.calls() == [{"name": "tax", "arguments": {"state": "CA"}}]
