@@ -1365,8 +1365,12 @@ class CallDecoder:
         return self._latest_segment[0]
 
     def _anchor(self, start: int, end: int, node: dict) -> tuple[str, int, int, Callable]:
-        """(segment text, character span, reader of another span of that text) for `listed_values`."""
+        """(segment text, character span, reader of another span of that text) for `listed_values`.
+        The reader takes no text the decoder would not start a value at: a lower-case number word
+        ("six" of "five burgers and six chicken wings" is no item, `_no_text_start`)."""
         def to_value(text: str, after: str) -> Any:
+            if NUMBER_WORD_TEXTS and node.get("type") not in ("integer", "number") and text.split(" ", 1)[0] in _NUMBER_WORDS:
+                return None
             ok, value = span_value(text, node, after)
             return value if ok else None
         return self.r.segments[self.r.segment[start]], self.r.offsets[start][0], self.r.offsets[end][1], to_value
