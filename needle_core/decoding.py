@@ -14,6 +14,7 @@ training targets; `greedy_decode_batch` is the shared decoding loop.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 import math
@@ -1615,12 +1616,70 @@ def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = N
     step of its object (another key, or the end) a choice the teacher did not make: ``unsure``,
     when given, collects the indices of those steps so that training can skip them instead of
     teaching the model to leave such arguments out.
+
+    A value the input holds more than once can be copied from any copy the decoder allows at that
+    step, and the choice matters later (an optional argument or an array item takes no start an
+    earlier value used, where a fresh one is left): the copies are tried in order, and where a
+    later value finds no copy left, the encoding is replayed from the start with the latest
+    earlier choice that has another copy moved to it (a depth-first search, at most
+    ``ENCODE_REPLAYS`` replays).
     """
-    stats = stats if stats is not None else {}
+    shared = {id(decoder): decoder, id(decoder.r): decoder.r, id(decoder.specs): decoder.specs}
+    start = copy.deepcopy(decoder.__dict__, dict(shared))
+    plan: list[int] = []
+    for _ in range(ENCODE_REPLAYS):
+        stats_try, unsure_try = dict(stats or {}), []
+        copies = _Copies(plan)
+        try:
+            actions, kinds = _encode_calls(decoder, calls, stats_try, unsure_try, copies)
+        except _NoCopyLeft:
+            plan = copies.next_plan()
+            if plan is None:
+                raise DecodeError("the values cannot all be copied from the input in an order the decoder allows") from None
+            decoder.__dict__.update(copy.deepcopy(start, dict(shared)))
+            continue
+        if stats is not None:
+            stats.update(stats_try)
+        if unsure is not None:
+            unsure.extend(unsure_try)
+        return actions, kinds
+    raise DecodeError(f"no order of copies found in {ENCODE_REPLAYS} replays")
+
+
+ENCODE_REPLAYS = 64
+
+
+class _NoCopyLeft(DecodeError):
+    """A value has copies in the input, but the decoder allows none of them at this step."""
+
+
+class _Copies:
+    """Which allowed copy each copied value of an encoding takes, by the order of the values:
+    ``plan[i]`` for the i-th (0 past the plan), and how many copies each had, for `next_plan`."""
+
+    def __init__(self, plan: list[int]):
+        self.plan, self.counts = plan, []
+
+    def choose(self, n: int) -> int:
+        i = len(self.counts)
+        self.counts.append(n)
+        return self.plan[i] if i < len(self.plan) else 0
+
+    def next_plan(self) -> list[int] | None:
+        """The next plan of the depth-first search: the latest value with a copy left moves to it."""
+        for i in range(len(self.counts) - 1, -1, -1):
+            k = self.plan[i] if i < len(self.plan) else 0
+            if k + 1 < self.counts[i]:
+                return [self.plan[j] if j < len(self.plan) else 0 for j in range(i)] + [k + 1]
+        return None
+
+
+def _encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict, unsure: list[int],
+                  copies: _Copies) -> tuple[list[int], list[int]]:
     actions, kinds = [], []
 
     def emit(a: int, sure: bool = True) -> None:
-        if not sure and unsure is not None:
+        if not sure:
             unsure.append(len(actions))
         kinds.append(decoder.kind)
         actions.append(a)
@@ -1637,14 +1696,14 @@ def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = N
             raise DecodeError(f"{why}: tool {call['name']!r}")
         emit(N_STRUCT + decoder.r.tool_pos[tool])
         arguments = call.get("arguments") or {}
-        sole = _sole_starts(decoder, decoder.specs[tool].parameters, arguments)
-        _encode_object(decoder, decoder.specs[tool].parameters, (), tool, arguments, emit, stats, sole)
+        placing = (_sole_starts(decoder, decoder.specs[tool].parameters, arguments), copies)
+        _encode_object(decoder, decoder.specs[tool].parameters, (), tool, arguments, emit, stats, placing)
     emit(STOP)
     return actions, kinds
 
 
 def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: dict, emit, stats,
-                   sole: set[int]) -> None:
+                   placing: tuple[set[int], _Copies]) -> None:
     inner, _ = primary_branch(node)
     props = inner.get("properties", {})
     required = set(inner.get("required", []))
@@ -1662,7 +1721,7 @@ def _encode_object(dec: CallDecoder, node: dict, path: tuple, tool: int, value: 
             continue
         emit(N_STRUCT + p, sure=not dropped)
         dropped = False
-        _encode_value(dec, props[key], path + (key,), tool, value[key], emit, stats, sole)
+        _encode_value(dec, props[key], path + (key,), tool, value[key], emit, stats, placing)
         stats["encoded_args"] = stats.get("encoded_args", 0) + 1
     emit(END, sure=not dropped)
 
@@ -1746,7 +1805,7 @@ def _sole_starts(dec: CallDecoder, node: dict, value: Any) -> set[int]:
 
 
 def _encode_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: Any, emit, stats,
-                  sole: set[int]) -> None:
+                  placing: tuple[set[int], _Copies]) -> None:
     inner, _ = primary_branch(node)
     if value is None:
         return emit(NULL)
@@ -1761,12 +1820,16 @@ def _encode_value(dec: CallDecoder, node: dict, path: tuple, tool: int, value: A
     if t == "array":
         emit(LIST)
         for item in value:
-            _encode_value(dec, inner.get("items", {}), path + (ITEMS,), tool, item, emit, stats, sole)
+            _encode_value(dec, inner.get("items", {}), path + (ITEMS,), tool, item, emit, stats, placing)
         return emit(END_LIST)
     if t == "object":
-        return _encode_object(dec, inner, path, tool, value, emit, stats, sole)
+        return _encode_object(dec, inner, path, tool, value, emit, stats, placing)
+    sole, copies = placing
     startable = dec.allowed()[1]
-    spans = _matching_spans(dec, inner, value)
-    s, e = min(spans, key=lambda span: (not startable[span[0]], span[0] in sole))  # first best: stable
+    spans = sorted((span for span in _matching_spans(dec, inner, value) if startable[span[0]]),
+                   key=lambda span: span[0] in sole)  # stable: text order otherwise
+    if not spans:
+        raise _NoCopyLeft(f"no copy of {value!r} may start here")
+    s, e = spans[copies.choose(len(spans))]
     emit(N_STRUCT + s)
     emit(N_STRUCT + e)
