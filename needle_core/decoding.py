@@ -1639,7 +1639,8 @@ def encode_calls(decoder: CallDecoder, calls: list[dict], stats: dict | None = N
             decoder.__dict__.update(copy.deepcopy(start, dict(shared)))
             continue
         if stats is not None:
-            stats.update(stats_try)
+            for key, count in stats_try.items():  # set, not add: a Counter's update adds
+                stats[key] = count
         if unsure is not None:
             unsure.extend(unsure_try)
         return actions, kinds
