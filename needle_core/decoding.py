@@ -803,9 +803,10 @@ class CallDecoder:
     def _object_keys(self, obj: _Object, struct, pos) -> None:
         props = obj.node.get("properties", {})
         next_required = next((j for j in obj.required_idx if j > obj.last), None)
-        if obj.is_call:
-            for said_key in (SAID_DAYS and self._said_day_key(obj), SAID_SWITCHES and self._said_switch_key(obj)):
-                if said_key not in (None, False) and (next_required is None or said_key < next_required):
+        if obj.is_call:  # an optional argument the request asks for is taken before the call ends
+            said = ([self._said_day_key(obj)] if SAID_DAYS else []) + ([self._said_switch_key(obj)] if SAID_SWITCHES else [])
+            for said_key in said:
+                if said_key is not None and (next_required is None or said_key < next_required):
                     next_required = said_key
         if next_required is None:
             struct[END] = True

@@ -844,6 +844,14 @@ def test_a_call_does_not_end_before_an_optional_switch_asked_for_with_with():
     assert decoder.allowed()[0][TRUE] and not decoder.allowed()[0][FALSE]
     assert after_case("Details of case X12 without verdict").allowed()[0][END]
     assert after_case("Details of case X12, the verdict matters").allowed()[0][END]
+    # also as the first parameter of the call: it comes before the required one
+    first = to_tool_spec({"name": "lawsuit", "parameters": {"type": "object", "properties": {
+        "with_verdict": {"type": "boolean"}, "case": {"type": "string"}}, "required": ["case"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Details of case X12 with verdict"}], [first])
+    decoder = CallDecoder(rendered, [first])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    pos = decoder.allowed()[1]
+    assert pos[rendered.param_pos[(0, ("with_verdict",))]] and not pos[rendered.param_pos[(0, ("case",))]]
 
 
 def test_an_array_that_starts_a_bracketed_list_copies_it_whole_in_order():
