@@ -277,18 +277,21 @@ def us_state_codes() -> dict[str, str]:
     return {name.casefold(): code for name, code in _us_places()["states"].items()}
 
 
+def _state_names() -> str:
+    """The US states' names as one regex alternation, longest first ("West Virginia" before "Virginia")."""
+    return "|".join(re.escape(n) for n in sorted(_us_places()["states"], key=len, reverse=True))
+
+
 @lru_cache(maxsize=1)
 def _state_name_ending() -> re.Pattern:
     """A US state's name ending a text, after a comma or a space ("Berkeley, California")."""
-    names = sorted(_us_places()["states"], key=len, reverse=True)
-    return re.compile(r"(,\s*|\s+)(" + "|".join(re.escape(n) for n in names) + r")\s*$", re.IGNORECASE)
+    return re.compile(r"(,\s*|\s+)(" + _state_names() + r")\s*$", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
 def _state_name() -> re.Pattern:
     """A US state's name, as a whole word or words, in any case."""
-    names = sorted(_us_places()["states"], key=len, reverse=True)
-    return re.compile(r"(?:" + "|".join(re.escape(n) for n in names) + r")(?![\w-])", re.IGNORECASE)
+    return re.compile(r"(?:" + _state_names() + r")(?![\w-])", re.IGNORECASE)
 
 
 def joined_list_separator(node: dict) -> str | None:
@@ -512,8 +515,9 @@ class CallDecoder:
         (`_splits_identifier`) or a place inside a quoted string (`_inside_quote`), nor a lower-case
         number word ("five" of "five 'burgers'": 2 of the teachers' 15,638 text values start with
         one, "one week", `runs/s15/word_number_text.py`)."""
-        return (self.first_word(p) == "the" or (NUMBER_WORD_TEXTS and self.first_word(p) in _NUMBER_WORDS) or self._splits_identifier(p, start=True) or self._inside_quote(p)
-                or self._splits_clock(p, start=True))
+        word = self.first_word(p)
+        return (word == "the" or _is_number_word(word) or self._splits_identifier(p, start=True)
+                or self._inside_quote(p) or self._splits_clock(p, start=True))
 
     def _splits_clock(self, p: int, start: bool) -> bool:
         """Would a text span starting (or ending) at token ``p`` cut digits joined by a colon, a
@@ -832,14 +836,8 @@ class CallDecoder:
         used = self.used_starts
         if not any(self.r.segment[s] == latest and s not in used for s in days):
             return None
-        props = obj.node.get("properties", {})
-        for j in range(obj.last + 1, len(obj.keys)):
-            node = props[obj.keys[j]]
-            if (j not in obj.required_idx and isinstance(node, dict) and date_format(primary_branch(node)[0])
-                    and (obj.tool, obj.path + (obj.keys[j],)) in self.r.param_pos
-                    and self.feasible(node) and self._fresh_value_left(node)):
-                return j
-        return None
+        return self._next_optional_key(obj, lambda key, node: bool(date_format(primary_branch(node)[0]))
+                                       and self.feasible(node) and self._fresh_value_left(node))
 
     def _said_switch_key(self, obj: _Object) -> int | None:
         """The index of the next optional boolean parameter of the call that the latest request
@@ -847,12 +845,18 @@ class CallDecoder:
         its opponent name" for ``include_opponent``): the call does not end without it (true, by
         `_named_plainly`). Recorded teachers give such a parameter in 6 of 9 answers (2 of 2 with
         one call; the 3 left out are in three-call Seal-Tools answers, `runs/s15/with_switch.py`)."""
+        return self._next_optional_key(obj, lambda key, node: node.get("type") == "boolean"
+                                       and self._named_plainly(obj.path + (key,), asked=True))
+
+    def _next_optional_key(self, obj: _Object, wanted: Callable[[str, dict], bool]) -> int | None:
+        """The index of the first optional parameter after the object's last key that can be
+        given here and that ``wanted(name, schema)`` picks (`_said_day_key`, `_said_switch_key`)."""
         props = obj.node.get("properties", {})
         for j in range(obj.last + 1, len(obj.keys)):
             key = obj.keys[j]
             node = props[key]
-            if (j not in obj.required_idx and isinstance(node, dict) and node.get("type") == "boolean"
-                    and (obj.tool, obj.path + (key,)) in self.r.param_pos and self._named_plainly(obj.path + (key,), asked=True)):
+            if (j not in obj.required_idx and isinstance(node, dict)
+                    and (obj.tool, obj.path + (key,)) in self.r.param_pos and wanted(key, node)):
                 return j
         return None
 
@@ -1063,7 +1067,7 @@ class CallDecoder:
                 return starts
             text, first_at, _ = self._latest_tokens()
             a, b = self.r.offsets[s][0], self.r.offsets[e][1]
-            group = sorted(listed_with(text, a, b, numeric=True) + [(a, b)])
+            group = _numbers_listed_with(text, a, b)
             i = group.index((a, b))
             nxt = first_at.get(group[i + 1][0]) if i + 1 < len(group) else None
             return [nxt] if nxt in starts else starts
@@ -1121,8 +1125,7 @@ class CallDecoder:
             for s, e, _ in self._number_spans():
                 if self.r.segment[s] != latest:
                     continue
-                a, b = self.r.offsets[s][0], self.r.offsets[e][1]
-                group = tuple(sorted(listed_with(text, a, b, numeric=True) + [(a, b)]))
+                group = tuple(_numbers_listed_with(text, self.r.offsets[s][0], self.r.offsets[e][1]))
                 if len(group) > 1 and group not in seen:
                     seen.add(group)
                     self._lists_of_numbers.append([{first_at[c] for c in range(x, y) if c in first_at} for x, y in group])
@@ -1395,11 +1398,22 @@ class CallDecoder:
         The reader takes no text the decoder would not start a value at: a lower-case number word
         ("six" of "five burgers and six chicken wings" is no item, `_no_text_start`)."""
         def to_value(text: str, after: str) -> Any:
-            if NUMBER_WORD_TEXTS and node.get("type") not in ("integer", "number") and text.split(" ", 1)[0] in _NUMBER_WORDS:
+            if node.get("type") not in ("integer", "number") and _is_number_word(text.split(" ", 1)[0]):
                 return None
             ok, value = span_value(text, node, after)
             return value if ok else None
         return self.r.segments[self.r.segment[start]], self.r.offsets[start][0], self.r.offsets[end][1], to_value
+
+
+def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The character spans of the list of numbers the number at ``text[start:end]`` stands in,
+    itself included, in text order (just itself when it stands in none)."""
+    return sorted(listed_with(text, start, end, numeric=True) + [(start, end)])
+
+
+def _is_number_word(word: str) -> bool:
+    """Is ``word`` a lower-case number word ("five"), which starts no text value (`NUMBER_WORD_TEXTS`)?"""
+    return NUMBER_WORD_TEXTS and word in _NUMBER_WORDS
 
 
 def _sibling(key: str, step: int) -> str | None:

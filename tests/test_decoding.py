@@ -205,6 +205,11 @@ def _start_at(decoder: CallDecoder, word: str) -> int:
     return start
 
 
+def _start_words(decoder: CallDecoder) -> set[str]:
+    """The first words of the span starts the decoder allows now."""
+    return {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+
+
 def _end_value(decoder: CallDecoder, longest: bool = False) -> None:
     """Close the span being copied at its shortest (or longest) allowed end."""
     while decoder.kind == K_SPAN_END:
@@ -617,7 +622,7 @@ def test_a_text_value_does_not_start_with_an_all_capitals_word_of_its_own_name()
     decoder = CallDecoder(rendered, [spec])
     decoder.step(N_STRUCT + rendered.tool_pos[0])
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("isbn",))])
-    starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    starts = _start_words(decoder)
     assert "ISBN" not in starts and "9781403915230" in starts
 
 
@@ -633,7 +638,7 @@ def test_from_and_to_parameters_follow_the_words_from_and_to():
 
     def value_starts(key: str) -> set[str]:
         decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
-        return {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+        return _start_words(decoder)
 
     starts = value_starts("departure_location")
     assert "Berlin" in starts and "Paris" not in starts
@@ -664,7 +669,7 @@ def test_a_capitalised_value_does_not_start_inside_a_name():
     decoder = CallDecoder(rendered, [spec])
     decoder.step(N_STRUCT + rendered.tool_pos[0])
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("query",))])
-    starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    starts = _start_words(decoder)
     assert {"Tickets", "The", "Lawyer", "John", "Office", "ID", "KsBzeh"} <= starts
     assert "Weeknd" not in starts
 
@@ -908,12 +913,12 @@ def test_an_amount_of_money_goes_to_no_parameter_named_for_time():
     decoder = CallDecoder(rendered, [spec])
     decoder.step(N_STRUCT + rendered.tool_pos[0])
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("days",))])
-    assert {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])} == {"7"}
+    assert _start_words(decoder) == {"7"}
     seven = int(np.flatnonzero(decoder.allowed()[1])[0])
     decoder.step(N_STRUCT + seven)
     _end_value(decoder)
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("daily_budget",))])
-    assert "100" in {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    assert "100" in _start_words(decoder)
 
 
 def test_an_array_item_is_not_copied_from_a_span_another_argument_took():
@@ -929,7 +934,7 @@ def test_an_array_item_is_not_copied_from_a_span_another_argument_took():
     _end_value(decoder, longest=True)
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("fields",))])
     decoder.step(LIST)
-    starts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    starts = _start_words(decoder)
     assert {"points", "assists"} <= starts and "LeBron" not in starts
 
 
@@ -966,7 +971,7 @@ def test_a_number_before_a_noun_naming_another_parameter_is_that_ones():
     allowed = {}
     for key in ("adults", "children", "cost_per_child"):
         decoder.step(N_STRUCT + rendered.param_pos[(0, (key,))])
-        allowed[key] = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+        allowed[key] = _start_words(decoder)
         _start_at(decoder, sorted(allowed[key])[-1])
         _end_value(decoder)
     assert allowed == {"adults": {"two"}, "children": {"one"}, "cost_per_child": {"one", "two"}}
@@ -982,7 +987,7 @@ def test_a_text_value_does_not_start_with_a_lower_case_number_word():
     decoder.step(N_STRUCT + rendered.tool_pos[0])
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("items",))])
     decoder.step(LIST)
-    firsts = {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])}
+    firsts = _start_words(decoder)
     assert {"burgers", "chicken", "One"} <= firsts and not firsts & {"five", "six"}
 
 
@@ -1016,7 +1021,7 @@ def test_a_us_state_is_written_as_its_code_where_a_state_abbreviation_is_asked_f
     decoder = CallDecoder(rendered, [spec])
     decoder.step(N_STRUCT + rendered.tool_pos[0])
     decoder.step(N_STRUCT + rendered.param_pos[(0, ("state",))])
-    assert {decoder.first_word(int(p)) for p in np.flatnonzero(decoder.allowed()[1])} == {"California"}
+    assert _start_words(decoder) == {"California"}
     _start_at(decoder, "California")
     _end_value(decoder)
     decoder.step(END)
