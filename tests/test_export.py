@@ -374,3 +374,37 @@ def test_finetune_trains_the_decoder_of_a_model_folder(exported, tmp_path):
     assert (tmp_path / "ft" / "decoder.onnx").read_bytes() != (exported["fp32"] / "decoder.onnx").read_bytes()
     engine = OnnxEngine(tmp_path / "ft", threads=1)
     assert engine.meta["name"].endswith("-ft") and "encoder_params" in engine.meta
+
+
+@pytest.mark.parametrize("with_zero_point", [True, False])
+def test_unsigned_int8_weights_keep_every_product_exact(tmp_path, with_zero_point):
+    """int8 weights stored as uint8 (+128, zero point too) give the exact integer products on any CPU,
+    also where u8 x s8 kernels saturate (activations near 255 beside weights near +-127)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from training.export import unsigned_int8_weights
+
+    rng = np.random.default_rng(0)
+    weights = rng.choice(np.array([-128, -127, 127, 126, 3, -5], np.int8), size=(64, 8))
+    zero = np.arange(8, dtype=np.int8) - 4
+    inits = [numpy_helper.from_array(weights, "w")]
+    inputs = ["a", "w", ""]
+    if with_zero_point:
+        inits.append(numpy_helper.from_array(zero, "w_zero"))
+        inputs.append("w_zero")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", inputs, ["y"])], "g",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [4, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [4, 8])], inits)
+    path = tmp_path / "mm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+    assert unsigned_int8_weights(path) == 1
+    stored = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+    assert all(v.dtype == np.uint8 for v in stored.values())
+    a = np.full((4, 64), 255, np.uint8)
+    a[1] = rng.integers(0, 256, 64)
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+    exact = a.astype(np.int64) @ (weights.astype(np.int64) - (zero if with_zero_point else 0))
+    np.testing.assert_array_equal(got, exact)
