@@ -221,29 +221,55 @@ _CITY_STATE_EXAMPLE = re.compile(r"\b[A-Z][a-z]+(?:\s[A-Z][a-z]+)*,\s[A-Z]{2}\b(
 
 
 def city_with_state(text: str, node: dict, after: str = "") -> str:
-    """``text`` with its state where ``node`` asks for a place as "City, ST" (its description shows
-    such an example and a two-part form) and ``text`` is a US city of `us_city_states` alone:
-    "Boston" -> "Boston, MA". The request holds the city, not its spelling in the asked form (as
-    with dates); the state is knowledge a copying model does not have. The city is written as the
-    table does ("san jose" -> "San Jose, CA"); a state said by name is written as its code
-    ("Berkeley, California" or "Austin texas" -> "Berkeley, CA", "Austin, TX"). Where the request
-    goes on with a state (``after``: ", MN"), the span is cut short and nothing is added."""
-    if not CITY_STATES or place_parts(node) != 2 or not _described_as(_CITY_STATE_EXAMPLE, node.get("description") or ""):
+    """``text`` with its state or country where ``node`` asks for a place as "City, ST" (its
+    description shows such an example and a two-part form) and ``text`` is a US city of
+    `us_city_states` alone ("Boston" -> "Boston, MA"), or as "'City, Country'" and ``text`` is a
+    city elsewhere of `world_city_countries` ("Moscow" -> "Moscow, Russia"). The request holds the
+    city, not its spelling in the asked form (as with dates); the state or country is knowledge a
+    copying model does not have. A US city is written as the table does ("san jose" -> "San Jose,
+    CA"); a state said by name is written as its code ("Berkeley, California" or "Austin texas" ->
+    "Berkeley, CA", "Austin, TX"). Where the request goes on with a state or country (``after``:
+    ", MN", ", Russia"), the span is cut short and nothing is added."""
+    if not CITY_STATES or place_parts(node) != 2:
         return text
-    if re.match(r",\s*[A-Z]{2}\b", after) or _state_name().match(re.sub(r"^,\s*", "", after)):
+    description = node.get("description") or ""
+    asks_state = _described_as(_CITY_STATE_EXAMPLE, description)
+    asks_country = CITY_COUNTRIES and _asks_country_name(description)
+    if not (asks_state or asks_country) or re.match(r",\s*[A-Z]{2}\b", after):
         return text
-    city = us_city_states().get(text.strip().casefold())
-    if city:
-        return f"{city[0]}, {city[1]}"
-    said = _state_name_ending().search(text)
-    if said:
-        code = us_state_codes()[said.group(2).casefold()]
-        city = us_city_states().get(text[:said.start()].strip().casefold())
-        if city and city[1] == code:
-            return f"{city[0]}, {code}"
-        if said.group(1).strip() == ",":  # "Springfield, Illinois": the request names the state
-            return f"{text[:said.start()].strip()}, {code}"
+    said_next = re.sub(r"^,\s*", "", after)
+    if _state_name().match(said_next) or _country_name().match(said_next):
+        return text
+    if asks_state:
+        city = us_city_states().get(text.strip().casefold())
+        if city:
+            return f"{city[0]}, {city[1]}"
+        said = _state_name_ending().search(text)
+        if said:
+            code = us_state_codes()[said.group(2).casefold()]
+            city = us_city_states().get(text[:said.start()].strip().casefold())
+            if city and city[1] == code:
+                return f"{city[0]}, {code}"
+            if said.group(1).strip() == ",":  # "Springfield, Illinois": the request names the state
+                return f"{text[:said.start()].strip()}, {code}"
+    if asks_country:
+        city = world_city_countries().get(text.strip().casefold())
+        if city:
+            return f"{city[0] if text.islower() else text.strip()}, {city[1]}"
     return text
+
+
+# "'City, Country'" asked for by name; not where an example writes the country as a code ("such as
+# 'London, UK'" or "'Paris, FR'": a different form, not built)
+_CITY_COUNTRY_FORM = re.compile(r"\bCity, Country\b")
+_PLACE_WITH_CODE = re.compile(r"['\"]([A-Z][\w .'-]*?),\s?[A-Z]{2}['\"]")
+
+
+@lru_cache(maxsize=4096)
+def _asks_country_name(description: str) -> bool:
+    if not _CITY_COUNTRY_FORM.search(description):
+        return False
+    return not any(m.group(1).casefold() in world_city_countries() for m in _PLACE_WITH_CODE.finditer(description))
 
 
 def state_code(text: str, node: dict) -> str:
@@ -261,7 +287,7 @@ def asks_state_code(node: dict) -> bool:
 @lru_cache(maxsize=1)
 def _us_places() -> dict:
     """US city -> state abbreviation (the cities of 15,000 people or more whose name is not
-    ambiguous) and state name -> abbreviation (GeoNames, CC BY 4.0; `scripts/build_us_cities.py`)."""
+    ambiguous) and state name -> abbreviation (GeoNames, CC BY 4.0; `scripts/build_place_tables.py`)."""
     return json.loads((Path(__file__).parent / "assets" / "us_cities.json").read_text())
 
 
@@ -277,6 +303,14 @@ def us_state_codes() -> dict[str, str]:
     return {name.casefold(): code for name, code in _us_places()["states"].items()}
 
 
+@lru_cache(maxsize=1)
+def world_city_countries() -> dict[str, tuple[str, str]]:
+    """Case-folded name of a city outside the US (100,000 people or more, name not ambiguous) ->
+    (its name, its country's name) (GeoNames, CC BY 4.0; `scripts/build_place_tables.py`)."""
+    table = json.loads((Path(__file__).parent / "assets" / "world_cities.json").read_text())
+    return {name.casefold(): (name, table["countries"][code]) for name, code in table["cities"].items()}
+
+
 def _state_names() -> str:
     """The US states' names as one regex alternation, longest first ("West Virginia" before "Virginia")."""
     return "|".join(re.escape(n) for n in sorted(_us_places()["states"], key=len, reverse=True))
@@ -286,6 +320,13 @@ def _state_names() -> str:
 def _state_name_ending() -> re.Pattern:
     """A US state's name ending a text, after a comma or a space ("Berkeley, California")."""
     return re.compile(r"(,\s*|\s+)(" + _state_names() + r")\s*$", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1)
+def _country_name() -> re.Pattern:
+    """A country's name of `world_city_countries`, as a whole word or words, in any case."""
+    names = sorted({country for _, country in world_city_countries().values()}, key=len, reverse=True)
+    return re.compile(r"(?:" + "|".join(map(re.escape, names)) + r")(?![\w-])", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -346,8 +387,9 @@ def span_value(text: str, node: dict, after: str = "") -> tuple[bool, Any]:
             num = int(num)
         return _in_bounds(num, node), num
     # strings and untyped values are copied as text; a day where a date form is asked for is
-    # written in that form, a US city where "City, ST" is asked for with its state (the only two
-    # string conversions: the text holds the day or the city, not its spelling in that form)
+    # written in that form, a city where "City, ST" or "City, Country" is asked for with its state
+    # or country (the only string conversions: the text holds the day or the city, not its
+    # spelling in that form)
     form = date_format(node)
     if form:
         day = parse_date(text)
@@ -1516,6 +1558,8 @@ COUNTED_NOUNS = True
 NUMBER_WORD_TEXTS = True
 # A US city where a parameter asks for "City, ST" is written with its state (`city_with_state`).
 CITY_STATES = True
+# A city outside the US where a parameter asks for "'City, Country'" is written with its country.
+CITY_COUNTRIES = True
 # A US state where a parameter asks for a state's code is written as its code (`state_code`).
 STATE_CODES = True
 # A given array of plain values is not empty where an item can be formed (`_compute_allowed`).

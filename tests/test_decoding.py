@@ -1009,6 +1009,25 @@ def test_a_us_city_gets_its_state_where_city_comma_state_is_asked_for(text, desc
     assert span_value("Marshall", {"type": "string", "description": "e.g. Boston, MA"}, ", MN today") == (True, "Marshall")
 
 
+WEATHER_PLACE = ("The location, in the format of 'City, State', such as 'San Francisco, CA' if State for the city "
+                 "exists. 'City, Country' if State for the city doesn't exist.")
+
+
+@pytest.mark.parametrize("text, description, after, value", [
+    ("Moscow", WEATHER_PLACE, "", "Moscow, Russia"),
+    ("Lang Son", WEATHER_PLACE, " in fahrenheit", "Lang Son, Vietnam"),  # "Lạng Sơn" in the table's source
+    ("moscow", WEATHER_PLACE, "", "Moscow, Russia"),  # written as the table does
+    ("Boston", WEATHER_PLACE, "", "Boston, MA"),  # a US city still gets its state
+    ("Seoul", "The city in the format of 'City, Country' in English, e.g. 'Seoul, South Korea'", "", "Seoul, South Korea"),
+    ("Moscow", WEATHER_PLACE, ", Russia today", "Moscow"),  # the request goes on with the country
+    ("Moscow", "The city, in the format of 'City, State' or 'City, Country', such as 'London, UK'", "", "Moscow"),  # codes
+    ("Moscow", "The city, e.g. city, country", "", "Moscow"),  # kinds of place, not a form
+    ("Springfield", WEATHER_PLACE, "", "Springfield"),  # ambiguous: left alone
+])
+def test_a_city_elsewhere_gets_its_country_where_city_comma_country_is_asked_for(text, description, after, value):
+    assert span_value(text, {"type": "string", "description": description}, after) == (True, value)
+
+
 def test_a_us_state_is_written_as_its_code_where_a_state_abbreviation_is_asked_for():
     """"in San Francisco, California" gives state "CA": the value starts at the state's name and
     is written as its code; a parameter that asks for no code keeps the name."""
