@@ -1009,6 +1009,42 @@ def test_a_us_city_gets_its_state_where_city_comma_state_is_asked_for(text, desc
     assert span_value("Marshall", {"type": "string", "description": "e.g. Boston, MA"}, ", MN today") == (True, "Marshall")
 
 
+def test_a_quoted_string_said_right_after_a_parameters_name_is_its_value():
+    """"a 'NewsItem' with the title 'Julian is testing12'": Title starts only at the quote after
+    "title"; a parameter whose whole name is not said before a quote (ContentItem) keeps every start."""
+    spec = to_tool_spec({"name": "create_item", "parameters": {"type": "object", "properties": {
+        "ContentItem": {"type": "string"}, "Title": {"type": "string"}}, "required": ["ContentItem", "Title"]}})
+    request = "The article is a 'NewsItem' with the title 'Julian is testing12' and a message saying 'Hello there'"
+    rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("ContentItem",))])
+    assert {"NewsItem", "Julian", "Hello"} <= _start_words(decoder)
+    _start_at(decoder, "NewsItem")
+    _end_value(decoder)
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("Title",))])
+    assert _start_words(decoder) == {"Julian"}
+
+
+def test_a_named_quote_an_earlier_call_took_is_not_forced_on_a_later_call():
+    """"lawsuits in the location 'San Francisco', then hotels in 'New York City'": the lawsuit's
+    location is the named quote; the hotel's location, after that call took it, may be another."""
+    place = {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}
+    specs = [to_tool_spec({"name": "lawsuits", "parameters": place}), to_tool_spec({"name": "hotels", "parameters": place})]
+    request = "Find lawsuits in the location 'San Francisco', then hotels in 'New York City'"
+    rendered = RENDERER.render([{"role": "user", "content": request}], specs)
+    decoder = CallDecoder(rendered, specs)
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("location",))])
+    assert _start_words(decoder) == {"San"}
+    _start_at(decoder, "San")
+    _end_value(decoder, longest=True)
+    decoder.step(END)
+    decoder.step(N_STRUCT + rendered.tool_pos[1])
+    decoder.step(N_STRUCT + rendered.param_pos[(1, ("location",))])
+    assert "New" in _start_words(decoder)
+
+
 WEATHER_PLACE = ("The location, in the format of 'City, State', such as 'San Francisco, CA' if State for the city "
                  "exists. 'City, Country' if State for the city doesn't exist.")
 
