@@ -408,3 +408,16 @@ def test_unsigned_int8_weights_keep_every_product_exact(tmp_path, with_zero_poin
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
     exact = a.astype(np.int64) @ (weights.astype(np.int64) - (zero if with_zero_point else 0))
     np.testing.assert_array_equal(got, exact)
+
+
+def test_the_bundled_encoder_stores_its_int8_weights_unsigned():
+    """The shipped model went through `unsigned_int8_weights`: no signed MatMulInteger weight is
+    left for a CPU without VNNI/AMX to saturate."""
+    import onnx
+
+    from needle_core.api import bundled_model_dir
+
+    graph = onnx.load(str(bundled_model_dir() / "encoder.onnx")).graph
+    types = {i.name: i.data_type for i in graph.initializer}
+    weights = [n.input[1] for n in graph.node if n.op_type == "MatMulInteger"]
+    assert weights and all(types[w] == onnx.TensorProto.UINT8 for w in weights)
