@@ -19,6 +19,7 @@ import datetime
 import json
 import math
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -255,7 +256,7 @@ def city_with_state(text: str, node: dict, after: str = "") -> str:
             if said.group(1).strip() == ",":  # "Springfield, Illinois": the request names the state
                 return f"{text[:said.start()].strip()}, {code}"
     if asks_country:
-        city = world_city_countries().get(text.strip().casefold())
+        city = world_city_countries().get(without_diacritics(text.strip()).casefold())  # "Lạng Sơn" too
         if city:
             return f"{city[0] if text.islower() else text.strip()}, {city[1]}"
     return text
@@ -269,6 +270,7 @@ _PLACE_WITH_CODE = re.compile(r"['\"]([A-Z][\w .'-]*?),\s?[A-Z]{2}['\"]")
 
 @lru_cache(maxsize=4096)
 def _asks_country_name(description: str) -> bool:
+    """The description names the form "City, Country" and writes no example's country as a code."""
     if not _CITY_COUNTRY_FORM.search(description):
         return False
     return not any(m.group(1).casefold() in world_city_countries() for m in _PLACE_WITH_CODE.finditer(description))
@@ -303,6 +305,13 @@ def us_city_states() -> dict[str, tuple[str, str]]:
 def us_state_codes() -> dict[str, str]:
     """Case-folded state name -> abbreviation."""
     return {name.casefold(): code for name, code in _us_places()["states"].items()}
+
+
+def without_diacritics(name: str) -> str:
+    """"Lạng Sơn" -> "Lang Son" (combining marks dropped; đ, which has none, becomes d): the world
+    table's names are written so, as requests in English write them."""
+    decomposed = unicodedata.normalize("NFKD", name.replace("đ", "d").replace("Đ", "D"))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ English one is larger). "New York" is the usual name of New York City and is add
 ``world_cities.json``: city outside the US -> country code, and country code -> name, for
 parameters whose description asks for "'City, Country'" while the request names the city alone
 ("weather in Moscow" -> "Moscow, Russia"; `needle_core.decoding.city_with_state`). Kept: cities of
-at least ``WORLD_MIN_POPULATION`` people (5,650 cities, ~100 KB; all 28,677 would take 550 KB) whose
+at least ``WORLD_MIN_POPULATION`` people (5,647 cities, 108 KB; all 28,677 would take 550 KB) whose
 name is not ambiguous (at least twice any other city of that name, the US included), and that are
 not named as their country ("Singapore"). Names are written without diacritics ("Lạng Sơn" ->
 "Lang Son"), as requests in English write them.
@@ -28,9 +28,10 @@ not named as their country ("Singapore"). Names are written without diacritics (
 from __future__ import annotations
 
 import json
-import unicodedata
 from collections import defaultdict
 from pathlib import Path
+
+from needle_core.decoding import without_diacritics
 
 MIN_POPULATION = 15_000  # every city the source has
 WORLD_MIN_POPULATION = 100_000
@@ -55,12 +56,6 @@ def build(cities: dict) -> dict[str, str]:
     if "New York City" in table:
         table["New York"] = table["New York City"]
     return dict(sorted(table.items()))
-
-
-def without_diacritics(name: str) -> str:
-    """"Lạng Sơn" -> "Lang Son" (combining marks dropped; đ has none to drop)."""
-    decomposed = unicodedata.normalize("NFKD", name.replace("đ", "d").replace("Đ", "D"))
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
 def build_world(cities: dict, countries: dict) -> dict[str, str]:

@@ -1053,6 +1053,7 @@ WEATHER_PLACE = ("The location, in the format of 'City, State', such as 'San Fra
     ("Moscow", WEATHER_PLACE, "", "Moscow, Russia"),
     ("Lang Son", WEATHER_PLACE, " in fahrenheit", "Lang Son, Vietnam"),  # "Lạng Sơn" in the table's source
     ("moscow", WEATHER_PLACE, "", "Moscow, Russia"),  # written as the table does
+    ("Lạng Sơn", WEATHER_PLACE, "", "Lạng Sơn, Vietnam"),  # found without its diacritics, kept as written
     ("Boston", WEATHER_PLACE, "", "Boston, MA"),  # a US city still gets its state
     ("Seoul", "The city in the format of 'City, Country' in English, e.g. 'Seoul, South Korea'", "", "Seoul, South Korea"),
     ("Moscow", WEATHER_PLACE, ", Russia today", "Moscow"),  # the request goes on with the country
