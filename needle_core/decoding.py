@@ -515,6 +515,7 @@ class CallDecoder:
         self._latest_segment: tuple[int | None] | None = None  # see _latest_request
         self._assignments: dict[str, set[int]] | None = None  # see _named_starts
         self._quoted_names: dict[tuple, set[int]] = {}  # see _quoted_after_name
+        self._quote_starts: list[tuple[int, str]] | None = None  # see _quoted_after_name
         self._days: dict[int, list[int]] | None = None  # see _day_spans
         self._quoted: list[tuple[int, set[int]]] | None = None  # see _quotes
         self._places: list[tuple[int, list[int]]] | None = None  # see _place_runs
@@ -1232,7 +1233,9 @@ class CallDecoder:
         the title 'Julian is testing12'" gives ``Title`` that value ("a message saying '...'" is not
         ``prompt_message``'s: "prompt" is not said). Not once an earlier call took one of those
         quotes: then the model chooses ("the same game"; or the quote was another tool's
-        location). Recorded teachers, one-call answers: 137 of the 144 such quoted strings are the
+        location); nor where an earlier quote of the request is still untaken ("a project called
+        'Project Nexus' ... a task with the name 'Clean the house'": the later quote is a later
+        call's). Recorded teachers, one-call answers: 137 of the 144 such quoted strings are the
         value whole, 4 overlap it, 3 are another's (two of them swapped by the teacher;
         `runs/s16/quoted_name2.py`)."""
         words = _parameter_words(path)
@@ -1245,9 +1248,21 @@ class CallDecoder:
                               re.IGNORECASE)
             said = self._quoted_names[words] = {first_at[m.start(2)] for m in _QUOTED_STRING.finditer(text)
                                                 if m.start(2) in first_at and name.search(text, 0, m.start())}
-        if said & set().union(*self.earlier_starts.values()):
+        taken = set().union(*self.earlier_starts.values())
+        if said & taken:
             return []  # an earlier call took one: "in the location 'San Francisco'" was another tool's
-        return [s for s in starts if s in said]
+        if self._quote_starts is None:
+            text, first_at, _ = self._latest_tokens()
+            self._quote_starts = [(first_at[m.start(2)], m.group(2).casefold()) for m in _QUOTED_STRING.finditer(text)
+                                  if m.start(2) in first_at]
+        # quotes are taken in order: none skips an earlier quote that no argument took as a span or
+        # gave as its value (an enum option said in quotes: "a 'NewsItem' with the title '...'")
+        used = taken | self.used_starts
+        given = [v for call in self.stack[0].calls for v in call["arguments"].values()]
+        given += list(self.stack[1].value.values()) if len(self.stack) > 1 else []
+        given_text = {v.casefold() for v in given if isinstance(v, str)}
+        return [s for s in starts if s in said
+                and all(q in used or quoted in given_text for q, quoted in self._quote_starts if q < s)]
 
     def _without_own_name(self, starts: list[int], path: tuple) -> list[int]:
         """Span starts other than a lower-case or all-capitals word of the parameter's own name:

@@ -1045,6 +1045,19 @@ def test_a_named_quote_an_earlier_call_took_is_not_forced_on_a_later_call():
     assert "New" in _start_words(decoder)
 
 
+def test_a_named_quote_does_not_skip_an_earlier_quote_no_call_took():
+    """"a project called 'Project Nexus', then a task with the name 'Clean the house'": the
+    project's name is not forced to the later named quote while 'Project Nexus' is untaken."""
+    spec = to_tool_spec({"name": "create_project", "parameters": {"type": "object", "properties": {
+        "name": {"type": "string"}}, "required": ["name"]}})
+    request = "Create a project called 'Project Nexus', then add a task with the name 'Clean the house'"
+    rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+    decoder = CallDecoder(rendered, [spec])
+    decoder.step(N_STRUCT + rendered.tool_pos[0])
+    decoder.step(N_STRUCT + rendered.param_pos[(0, ("name",))])
+    assert {"Project", "Clean"} <= _start_words(decoder)
+
+
 WEATHER_PLACE = ("The location, in the format of 'City, State', such as 'San Francisco, CA' if State for the city "
                  "exists. 'City, Country' if State for the city doesn't exist.")
 
