@@ -322,9 +322,14 @@ def world_city_countries() -> dict[str, tuple[str, str]]:
     return {name.casefold(): (name, table["countries"][code]) for name, code in table["cities"].items()}
 
 
+def _alternation(names) -> str:
+    """``names`` as one regex alternation, longest first ("West Virginia" before "Virginia")."""
+    return "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+
+
 def _state_names() -> str:
-    """The US states' names as one regex alternation, longest first ("West Virginia" before "Virginia")."""
-    return "|".join(re.escape(n) for n in sorted(_us_places()["states"], key=len, reverse=True))
+    """The US states' names as one regex alternation."""
+    return _alternation(_us_places()["states"])
 
 
 @lru_cache(maxsize=1)
@@ -336,8 +341,8 @@ def _state_name_ending() -> re.Pattern:
 @lru_cache(maxsize=1)
 def _country_name() -> re.Pattern:
     """A country's name of `world_city_countries`, as a whole word or words, in any case."""
-    names = sorted({country for _, country in world_city_countries().values()}, key=len, reverse=True)
-    return re.compile(r"(?:" + "|".join(map(re.escape, names)) + r")(?![\w-])", re.IGNORECASE)
+    names = {country for _, country in world_city_countries().values()}
+    return re.compile(r"(?:" + _alternation(names) + r")(?![\w-])", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1)
@@ -515,7 +520,7 @@ class CallDecoder:
         self._latest_segment: tuple[int | None] | None = None  # see _latest_request
         self._assignments: dict[str, set[int]] | None = None  # see _named_starts
         self._quoted_names: dict[tuple, set[int]] = {}  # see _quoted_after_name
-        self._quote_starts: list[tuple[int, str]] | None = None  # see _quoted_after_name
+        self._quote_starts: list[tuple[int, int, str]] | None = None  # see _quoted_after_name
         self._days: dict[int, list[int]] | None = None  # see _day_spans
         self._quoted: list[tuple[int, set[int]]] | None = None  # see _quotes
         self._places: list[tuple[int, list[int]]] | None = None  # see _place_runs
@@ -1241,20 +1246,18 @@ class CallDecoder:
         words = _parameter_words(path)
         if not words:
             return []
+        text, first_at, _ = self._latest_tokens()
+        if self._quote_starts is None:  # (opening quote's character, first token, text) of each quote
+            self._quote_starts = [(m.start(), first_at[m.start(2)], m.group(2).casefold())
+                                  for m in _QUOTED_STRING.finditer(text) if m.start(2) in first_at]
         said = self._quoted_names.get(words)
         if said is None:
-            text, first_at, _ = self._latest_tokens()
             name = re.compile(r"\b" + r"[\s_-]*".join(map(re.escape, words)) + r"s?\b" + _NAME_LINK + r"\s*[:=]?\s*$",
                               re.IGNORECASE)
-            said = self._quoted_names[words] = {first_at[m.start(2)] for m in _QUOTED_STRING.finditer(text)
-                                                if m.start(2) in first_at and name.search(text, 0, m.start())}
+            said = self._quoted_names[words] = {q for at, q, _ in self._quote_starts if name.search(text, 0, at)}
         taken = set().union(*self.earlier_starts.values())
         if said & taken:
             return []  # an earlier call took one: "in the location 'San Francisco'" was another tool's
-        if self._quote_starts is None:
-            text, first_at, _ = self._latest_tokens()
-            self._quote_starts = [(first_at[m.start(2)], m.group(2).casefold()) for m in _QUOTED_STRING.finditer(text)
-                                  if m.start(2) in first_at]
         # quotes are taken in order: none skips an earlier quote that no argument took as a span or
         # gave as its value (an enum option said in quotes: "a 'NewsItem' with the title '...'")
         used = taken | self.used_starts
@@ -1262,7 +1265,7 @@ class CallDecoder:
         given += list(self.stack[1].value.values()) if len(self.stack) > 1 else []
         given_text = {v.casefold() for v in given if isinstance(v, str)}
         return [s for s in starts if s in said
-                and all(q in used or quoted in given_text for q, quoted in self._quote_starts if q < s)]
+                and all(q in used or quoted in given_text for _, q, quoted in self._quote_starts if q < s)]
 
     def _without_own_name(self, starts: list[int], path: tuple) -> list[int]:
         """Span starts other than a lower-case or all-capitals word of the parameter's own name:

