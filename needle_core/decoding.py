@@ -154,6 +154,7 @@ def asks_for_fraction(node: dict) -> bool:
 
 
 _QUOTED_STRING = re.compile(r"(?<!\w)(['\"])([^'\"\n]{1,80}?)\1(?!\w)")
+_SAID_NUMBER = re.compile(r"(?<![\w.^+-])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\w^-])")
 _LIST_LINK = re.compile(r",|;|\s(?:and|or|&)\s", re.IGNORECASE)
 # Parameters named for where something comes from or goes to, and the words that lead into
 # such a place in a request ("from San Francisco to London"); see `CallDecoder._direction_starts`.
@@ -538,6 +539,12 @@ class CallDecoder:
         self.call_item_anchors: dict[str, list[tuple[int, int, dict]]] = {}  # top-level array -> copied items
         self.anchors: list[tuple[dict, dict]] = []  # the two, per completed call
         self.earlier_starts: dict[tuple, set[int]] = {}  # the same, over the calls already made
+        self.covered: list[set[int]] = []  # token positions copied into each completed call
+        self.call_covered: set[int] = set()  # the same, current call
+        self.fresh_taken: list[set[int]] = []  # per completed call: fresh numbers its numeric values took
+        self.call_fresh_taken: set[int] = set()  # the same, current call
+        self._said_numbers: list[int] | None = None  # see unused_numbers
+        self.fresh_numbers: set[int] | None = None  # numbers the call being formed is for (UNUSED_NUMBERS)
         self.steps = 0
         self.done = False
         self._allowed = None
@@ -999,6 +1006,9 @@ class CallDecoder:
                 if COUNTED_NOUNS and not named and len(path) == 1:
                     starts = self._counted_starts(starts, path[0], tool) or starts
                 starts = named or starts
+                if self.fresh_numbers is not None:  # see UNUSED_NUMBERS: a new number or the earlier one
+                    again = set() if self._last_chance_for_fresh(path) else self.earlier_starts.get((tool, path), set())
+                    starts = [p for p in starts if p in self.fresh_numbers or p in again] or starts
             pos[starts] = True
 
     def _said_option(self, choices: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
@@ -1319,6 +1329,7 @@ class CallDecoder:
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
             self.call_starts, self.call_anchors, self.call_item_anchors = {}, {}, {}
+            self.call_covered, self.call_fresh_taken = set(), set()
             self.stack.append(obj)
         elif isinstance(top, _Object):
             if top.pending_key is not None:
@@ -1338,6 +1349,7 @@ class CallDecoder:
                 obj = self.stack[-1]
                 obj.pending_key = text
             else:
+                self.call_covered.update(range(top.start, p + 1))
                 frame = self.stack[-1]
                 if isinstance(frame, _Object) and frame.is_call:
                     self.call_anchors[frame.pending_key] = (top.start, p, top.node)
@@ -1354,6 +1366,10 @@ class CallDecoder:
             if obj.is_call:
                 self.stack[-1].calls.append({"name": self.specs[obj.tool].name, "arguments": obj.value})
                 self.anchors.append((self.call_anchors, self.call_item_anchors))
+                self.covered.append(self.call_covered)
+                starts = [p for starts in self.call_starts.values() for p in starts]
+                self.fresh_taken.append(set() if len(set(starts)) < len(starts) else self.call_fresh_taken)
+                self.fresh_numbers = None
                 for key, starts in self.call_starts.items():
                     self.earlier_starts.setdefault(key, set()).update(starts)
             else:
@@ -1389,6 +1405,8 @@ class CallDecoder:
             self.stack.append(obj)
             return self._object_action(obj, action)
         self.call_starts.setdefault((tool, path), set()).add(p)
+        if self.fresh_numbers and p in self.fresh_numbers and inner.get("type") in ("integer", "number"):
+            self.call_fresh_taken.add(p)
         if isinstance(self.stack[-1], _Array):
             self.stack[-1].starts.append(p)
         self.stack.append(_Span(inner, p, path=path))
@@ -1412,11 +1430,54 @@ class CallDecoder:
     def starts_of_earlier_calls(self) -> set[int]:
         """Span starts that earlier calls of this tool gave the value being formed now."""
         top = self.stack[-1]
+        if self.fresh_numbers is not None and isinstance(top, _Value) and \
+                primary_branch(top.node)[0].get("type") in ("integer", "number"):
+            return set()  # a call for a number still unused repeats the others (UNUSED_NUMBERS)
         if isinstance(top, _Value):
             return self.earlier_starts.get((top.tool, top.path), set())
         if isinstance(top, _Array):
             return self.earlier_starts.get((top.tool, top.path + (ITEMS,)), set())
         return set()
+
+    def _last_chance_for_fresh(self, path: tuple) -> bool:
+        """In a call made for unused numbers: no number of the call is one of them yet, and this
+        top-level parameter is the call's last numeric one, so it must take one."""
+        if len(path) != 1 or self.call_covered & self.fresh_numbers or len(self.stack) < 2:
+            return False
+        obj = self.stack[-2]
+        if not (isinstance(obj, _Object) and obj.is_call):
+            return False
+        later = obj.keys[obj.last + 1:]
+        return not any(primary_branch(obj.node["properties"][k])[0].get("type") in ("integer", "number") for k in later)
+
+    def unused_numbers(self) -> set[int]:
+        """First tokens of the numbers of the latest request (whole words: not "3D", "XY1234",
+        "m^3") that no completed call copied or gave as a value (a number, or inside a text)."""
+        if self._said_numbers is None:
+            text, first_at, _ = self._latest_tokens()
+            self._said_numbers = [(first_at[m.start()], m.group(), float(m.group().replace(",", "")))
+                                  for m in _SAID_NUMBER.finditer(text) if m.start() in first_at]
+        if not self._said_numbers:
+            return set()
+        taken = set().union(*self.covered)
+        values = scalar_values([call["arguments"] for call in self.stack[0].calls + self.calls()])  # lists fanned out
+        texts = [v for kind, v in values if kind == "str"]
+        return {p for p, said, number in self._said_numbers
+                if p not in taken and ("number", number) not in values and not any(said in t for t in texts)}
+
+    def repeats_for_fresh_number(self, i: int) -> bool:
+        """Call ``i``, made for unused numbers, took one as a number (and no span twice: "a tip
+        of 15%" is no bill total of 15 too) and, where an earlier call made the same tool, gives
+        at least every argument the latest gave and takes a number said after the first one's
+        first value ("..., then repeat with a change in time of 10 seconds")."""
+        calls = self.stack[0].calls
+        if not self.fresh_taken[i]:
+            return False
+        earlier = [j for j in range(i) if calls[j]["name"] == calls[i]["name"]]
+        if not earlier:
+            return True
+        return (_key_paths(calls[earlier[-1]]["arguments"]) <= _key_paths(calls[i]["arguments"])
+                and max(self.fresh_taken[i]) > min(self.covered[earlier[0]], default=-1))
 
     def calls_done(self) -> int | None:
         """How many calls are complete when the next action starts a call or stops, else None."""
@@ -1506,6 +1567,13 @@ def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int
     """The character spans of the list of numbers the number at ``text[start:end]`` stands in,
     itself included, in text order (just itself when it stands in none)."""
     return sorted(listed_with(text, start, end, numeric=True) + [(start, end)])
+
+
+def _key_paths(value: Any, path: tuple = ()) -> set[tuple]:
+    """The key paths of the objects inside an argument value ({"body": {"mode": 1}} -> body, body.mode)."""
+    if not isinstance(value, dict):
+        return set()
+    return set().union(*({path + (k,)} | _key_paths(v, path + (k,)) for k, v in value.items()))
 
 
 def _is_number_word(word: str) -> bool:
@@ -1623,6 +1691,14 @@ STATE_CODES = True
 NONEMPTY_ARRAYS = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).
 CLOCK_TIMES = True
+# An answer does not stop while a number of the latest request is unused (`unused_numbers`):
+# greedy decoding stops after one call of "..., then repeat with a change in time of 10 seconds".
+# The further call picks, for each numeric parameter, the earlier call's number or an unused one,
+# its last numeric parameter an unused one; it is kept only where it took one
+# (`repeats_for_fresh_number`), else the answer stops where the model would have stopped. Recorded
+# teachers (runs/s17/unused_num.py): 4,956 of 5,134 one-call answers use every number of their request; 26 of 62
+# answers that call one tool several times leave one unused after their first call.
+UNUSED_NUMBERS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 
@@ -1646,6 +1722,7 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
     logp = np.zeros(B)
     stop_instead: list[tuple[float, int] | None] = [None] * B  # likeliest stop passed after >= 1 call
     queued: list[list[tuple[int, int]]] = [[] for _ in range(B)]  # (previous action, kind) not yet fed
+    continued: list[list[tuple[int, set[int], float]]] = [[] for _ in range(B)]  # (calls done, unused numbers, log-p of stopping)
 
     def advance(b: int, action: int) -> None:
         """Queue the step after ``action``, taking forced actions until a decision needs the model."""
@@ -1690,7 +1767,16 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                     choice[[N_STRUCT + p for p in repeated]] -= REPEAT_PENALTY
                 action = int(np.argmax(choice))
                 done = d.calls_done()
-                if RESCORE_STOPS and done and action != STOP and np.isfinite(scores[STOP]):
+                if UNUSED_NUMBERS and done and action == STOP and (unused := d.unused_numbers()):
+                    # a number the request says is still unused: one more call, kept only if it
+                    # takes one of them (see `UNUSED_NUMBERS`)
+                    choice = choice.copy() if choice is scores else choice
+                    choice[STOP] = -np.inf
+                    if np.isfinite(choice).any():
+                        action = int(np.argmax(choice))
+                        continued[b].append((done, unused, float(logp[b] + scores[STOP])))
+                        d.fresh_numbers = unused
+                elif RESCORE_STOPS and done and action != STOP and np.isfinite(scores[STOP]):
                     alternative = float(logp[b] + scores[STOP])
                     if stop_instead[b] is None or alternative > stop_instead[b][0]:
                         stop_instead[b] = (alternative, done)
@@ -1699,11 +1785,19 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
             advance(b, action)
     results = []
     for b, d in enumerate(decoders):
+        total = float(logp[b])
+        for done, unused, stop_logp in continued[b]:
+            if done < len(d.covered) and not d.repeats_for_fresh_number(done):
+                total = stop_logp  # the extra call took no unused number: the answer stops there
+                earlier = stop_instead[b]
+                if earlier is None or earlier[1] > done or earlier[0] < stop_logp:
+                    stop_instead[b] = (stop_logp, done)
+                break
         alternative = stop_instead[b]
-        if alternative is not None and alternative[0] > logp[b]:
+        if alternative is not None and alternative[0] >= total:
             results.append((d.calls(first=alternative[1]), alternative[0], d.steps))
         else:
-            results.append((d.calls(), float(logp[b]), d.steps))
+            results.append((d.calls(), total, d.steps))
     return results
 
 

@@ -1096,3 +1096,83 @@ def test_a_us_state_is_written_as_its_code_where_a_state_abbreviation_is_asked_f
     decoder.step(END)
     decoder.step(STOP)
     assert decoder.calls() == [{"name": "tax", "arguments": {"state": "CA"}}]
+
+
+EM_FORCE = to_tool_spec({"name": "em_force", "parameters": {"type": "object", "properties": {
+    "b_field": {"type": "integer"}, "area": {"type": "integer"}, "d_time": {"type": "integer"}},
+    "required": ["b_field", "area", "d_time"]}})
+
+
+def _leaning_step_fn(rendered, favourite: set[str], stop_after: int = 1):
+    """A model that stops after ``stop_after`` calls and picks the ``favourite`` words (then any
+    number) wherever a value is asked for."""
+    from needle_core.callformat import K_CALL, PT_TEXT
+
+    scores = np.full(N_STRUCT + len(rendered.ids), -9.0)
+    for p in range(len(rendered.ids)):
+        if rendered.pos_type[p] == PT_TEXT and rendered.span_text(p, p) in favourite:
+            scores[N_STRUCT + p] = 3.0
+        elif rendered.pos_type[p] == PT_TEXT and rendered.span_text(p, p).isdigit():
+            scores[N_STRUCT + p] = 1.0
+    boundaries = []
+
+    def step_fn(prev, kinds):
+        logits = scores.copy()[None]
+        if kinds[0, -1] == K_CALL:
+            boundaries.append(True)
+            logits[0, STOP] = 9.0 if len(boundaries) > stop_after else -9.0
+            logits[0, N_STRUCT + rendered.tool_pos[0]] = 0.0
+        else:
+            logits[0, :N_STRUCT] = 0.0
+        return logits
+    return step_fn
+
+
+def test_a_number_no_call_used_asks_for_one_more_call(monkeypatch):
+    """"..., then repeat with a change in time of 10 seconds": the model would stop after the
+    first call; with UNUSED_NUMBERS a second call repeats the first one's numbers and its last
+    numeric parameter takes the unused 10."""
+    import needle_core.decoding as decoding
+
+    text = ("The force for a field of 5 Tesla, area of 2 and a change in time of 4 seconds, "
+            "then repeat with a change in time of 10 seconds")
+    rendered = RENDERER.render([{"role": "user", "content": text}], [EM_FORCE])
+    answers = {}
+    for rule in (False, True):
+        monkeypatch.setattr(decoding, "UNUSED_NUMBERS", rule)
+        (calls, logp, _), = greedy_decode_batch([CallDecoder(rendered, [EM_FORCE])], _leaning_step_fn(rendered, {"5", "2", "4"}))
+        answers[rule] = [c["arguments"] for c in calls]
+        assert np.isfinite(logp)
+    assert answers[False] == [{"b_field": 5, "area": 2, "d_time": 4}]
+    assert answers[True] == [{"b_field": 5, "area": 2, "d_time": 4}, {"b_field": 5, "area": 2, "d_time": 10}]
+
+
+def test_a_further_call_that_takes_no_unused_number_is_not_kept():
+    """A number no parameter can take (the tool has none for it) leaves the answer as the model
+    would have stopped it, with the log-probability of stopping there."""
+    spec = to_tool_spec({"name": "weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in Paris for the 2 of us"}], [spec])
+    (calls, logp, _), = greedy_decode_batch([CallDecoder(rendered, [spec])], _leaning_step_fn(rendered, {"Paris"}))
+    assert [c["arguments"] for c in calls] == [{"city": "Paris"}]
+    assert logp > -1.0  # stopping after the first call was the model's likely choice
+
+
+def test_a_repeat_for_an_unused_number_keeps_the_earlier_calls_arguments_and_order():
+    """A further call of the same tool must give every argument the earlier call gave and take a
+    number said after that call's first value: "30" said before the first call's values is no
+    second case."""
+    rendered = RENDERER.render([{"role": "user", "content": "Keep it 30 days. Force for field 5, area 2, time 4"}], [EM_FORCE])
+    (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [EM_FORCE])], _leaning_step_fn(rendered, {"5", "2", "4"}))
+    assert [c["arguments"] for c in calls] == [{"b_field": 5, "area": 2, "d_time": 4}]
+
+
+@pytest.mark.parametrize("text, unused", [
+    ("volume of 10 m^3 at 298K", {"10"}),  # an exponent and a number glued to a unit are no values
+    ("call +1234567890 in 3 days", {"3"}),  # a phone number is none either
+    ("the IDs XY1234 and 7, 1,000 items", {"7", "1"}),  # "1,000" is one number, starting at "1"
+])
+def test_unused_numbers_are_the_whole_numbers_of_the_latest_request(text, unused):
+    rendered = RENDERER.render([{"role": "user", "content": text}], [EM_FORCE])
+    decoder = CallDecoder(rendered, [EM_FORCE])
+    assert {rendered.span_text(p, p) for p in decoder.unused_numbers()} == unused
