@@ -757,7 +757,9 @@ class CallDecoder:
             return True
         if t == "array":
             need = inner.get("minItems", 0)
-            return need == 0 or (need <= self._array_cap(inner) and self.feasible(inner.get("items", {})))
+            if need == 0 and not ARRAYS_NEED_AN_ITEM:
+                return True
+            return need <= self._array_cap(inner) and self.feasible(inner.get("items", {}))
         if t == "object":
             props = inner.get("properties", {})
             return all(self.feasible(props[k]) for k in inner.get("required", []))
@@ -1689,6 +1691,11 @@ CITY_COUNTRIES = True
 STATE_CODES = True
 # A given array of plain values is not empty where an item can be formed (`_compute_allowed`).
 NONEMPTY_ARRAYS = True
+# An array can be given only where an item of it can be formed (`CallDecoder._feasible`): none of
+# the 825 arrays in the recorded teacher answers is empty, and a tool whose required array can
+# have no item ("traits" of {trait, percentage} for "Give me the MBTI of my friend") is not
+# called; an optional one is left out.
+ARRAYS_NEED_AN_ITEM = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).
 CLOCK_TIMES = True
 # An answer does not stop while a number of the latest request is unused (`unused_numbers`):

@@ -889,19 +889,46 @@ def test_a_text_value_does_not_end_with_an_article():
     assert "The Plaza" in values and not {"The", "at The", "Book a room at The"} & values
 
 
-def test_a_given_array_is_not_empty_where_an_item_can_be_formed():
+def test_a_given_array_is_not_empty_where_an_item_can_be_formed(monkeypatch):
     """After "[" the list cannot end at once while the request holds a number; with none in the
-    request the empty list is still allowed (no dead end)."""
+    request the array cannot be given (ARRAYS_NEED_AN_ITEM), so a tool that requires it is not
+    called; without that rule the empty list is still allowed (no dead end)."""
+    import needle_core.decoding as decoding
+
     spec = to_tool_spec({"name": "similarity", "parameters": {"type": "object", "properties": {
         "vector": {"type": "array", "items": {"type": "number"}}}, "required": ["vector"]}})
-    for request, may_end in (("Vector B is [1, 2, 3]", False), ("Vector B please", True)):
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "ARRAYS_NEED_AN_ITEM", rule)
+        for request, may_end in (("Vector B is [1, 2, 3]", False), ("Vector B please", True)):
+            rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+            decoder = CallDecoder(rendered, [spec])
+            if rule and may_end:
+                struct, pos = decoder.allowed()
+                assert not decoder.tool_feasible(0) and not pos.any() and struct[STOP]
+                continue
+            decoder.step(N_STRUCT + rendered.tool_pos[0])
+            decoder.step(N_STRUCT + rendered.param_pos[(0, ("vector",))])
+            decoder.step(LIST)
+            struct, pos = decoder.allowed()
+            assert bool(struct[END_LIST]) == may_end and (pos.any() or struct.any())
+
+
+def test_an_optional_array_with_no_item_to_form_is_left_out():
+    """A deck of {rank, value} cards cannot be formed from a request without numbers: the call
+    is made without it; with a number in the request it may be given."""
+    spec = to_tool_spec({"name": "find_card", "parameters": {"type": "object", "properties": {
+        "rank": {"type": "string"},
+        "deck": {"type": "array", "items": {"type": "object", "properties": {"value": {"type": "integer"}},
+                                            "required": ["value"]}}}, "required": ["rank"]}})
+    for request, offered in (("Find the Queen", False), ("Find the Queen in a deck of 52", True)):
         rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
         decoder = CallDecoder(rendered, [spec])
         decoder.step(N_STRUCT + rendered.tool_pos[0])
-        decoder.step(N_STRUCT + rendered.param_pos[(0, ("vector",))])
-        decoder.step(LIST)
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("rank",))])
+        _start_at(decoder, "Queen")
+        _end_value(decoder)
         struct, pos = decoder.allowed()
-        assert bool(struct[END_LIST]) == may_end and (pos.any() or struct.any())
+        assert bool(pos[rendered.param_pos[(0, ("deck",))]]) == offered and struct[END]
 
 
 def test_an_amount_of_money_goes_to_no_parameter_named_for_time():
