@@ -543,7 +543,7 @@ class CallDecoder:
         self.call_covered: set[int] = set()  # the same, current call
         self.fresh_taken: list[set[int]] = []  # per completed call: fresh numbers its numeric values took
         self.call_fresh_taken: set[int] = set()  # the same, current call
-        self._said_numbers: list[int] | None = None  # see unused_numbers
+        self._said_numbers: list[tuple[int, str, float]] | None = None  # see unused_numbers
         self.fresh_numbers: set[int] | None = None  # numbers the call being formed is for (UNUSED_NUMBERS)
         self.steps = 0
         self.done = False
@@ -1729,7 +1729,7 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
     logp = np.zeros(B)
     stop_instead: list[tuple[float, int] | None] = [None] * B  # likeliest stop passed after >= 1 call
     queued: list[list[tuple[int, int]]] = [[] for _ in range(B)]  # (previous action, kind) not yet fed
-    continued: list[list[tuple[int, set[int], float]]] = [[] for _ in range(B)]  # (calls done, unused numbers, log-p of stopping)
+    continued: list[list[tuple[int, float]]] = [[] for _ in range(B)]  # (calls done, log-p of stopping) where UNUSED_NUMBERS went on
 
     def advance(b: int, action: int) -> None:
         """Queue the step after ``action``, taking forced actions until a decision needs the model."""
@@ -1781,7 +1781,7 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                     choice[STOP] = -np.inf
                     if np.isfinite(choice).any():
                         action = int(np.argmax(choice))
-                        continued[b].append((done, unused, float(logp[b] + scores[STOP])))
+                        continued[b].append((done, float(logp[b] + scores[STOP])))
                         d.fresh_numbers = unused
                 elif RESCORE_STOPS and done and action != STOP and np.isfinite(scores[STOP]):
                     alternative = float(logp[b] + scores[STOP])
@@ -1792,19 +1792,15 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
             advance(b, action)
     results = []
     for b, d in enumerate(decoders):
-        total = float(logp[b])
-        for done, unused, stop_logp in continued[b]:
-            if done < len(d.covered) and not d.repeats_for_fresh_number(done):
-                total = stop_logp  # the extra call took no unused number: the answer stops there
-                earlier = stop_instead[b]
-                if earlier is None or earlier[1] > done or earlier[0] < stop_logp:
-                    stop_instead[b] = (stop_logp, done)
-                break
         alternative = stop_instead[b]
-        if alternative is not None and alternative[0] >= total:
+        cut = next(((stop_logp, done) for done, stop_logp in continued[b]
+                    if done < len(d.covered) and not d.repeats_for_fresh_number(done)), None)
+        if cut is not None and (alternative is None or alternative[1] > cut[1] or alternative[0] < cut[0]):
+            alternative = cut  # the further call took no unused number: the answer stops before it
+        if alternative is not None and (cut is not None or alternative[0] > logp[b]):
             results.append((d.calls(first=alternative[1]), alternative[0], d.steps))
         else:
-            results.append((d.calls(), total, d.steps))
+            results.append((d.calls(), float(logp[b]), d.steps))
     return results
 
 
