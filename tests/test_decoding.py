@@ -1203,3 +1203,31 @@ def test_unused_numbers_are_the_whole_numbers_of_the_latest_request(text, unused
     rendered = RENDERER.render([{"role": "user", "content": text}], [EM_FORCE])
     decoder = CallDecoder(rendered, [EM_FORCE])
     assert {rendered.span_text(p, p) for p in decoder.unused_numbers()} == unused
+
+
+def test_an_object_inside_an_argument_has_a_key(monkeypatch):
+    """A nested object does not end before its first key where one can follow (the recorded
+    teachers give 93 nested objects, none empty), and a tool whose required object can have no
+    key is not called; the arguments of a call itself may still be empty."""
+    import needle_core.decoding as decoding
+
+    def spec_with(node, required=True):
+        return to_tool_spec({"name": "get", "parameters": {"type": "object", "properties": {"params": node},
+                                                         "required": ["params"] if required else []}})
+
+    units = spec_with({"type": "object", "properties": {"units": {"type": "string"}}})
+    rendered = RENDERER.render([{"role": "user", "content": "Weather in metric units"}], [units])
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "OBJECTS_NEED_A_KEY", rule)
+        decoder = CallDecoder(rendered, [units])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("params",))])
+        struct, pos = decoder.allowed()
+        assert pos[rendered.param_pos[(0, ("params", "units"))]] and bool(struct[END]) != rule
+
+    monkeypatch.setattr(decoding, "OBJECTS_NEED_A_KEY", True)
+    counted = spec_with({"type": "object", "properties": {"count": {"type": "integer"}}})
+    for required, callable_ in ((True, False), (False, True)):
+        spec = spec_with(counted.parameters["properties"]["params"], required)
+        rendered = RENDERER.render([{"role": "user", "content": "Test"}], [spec])
+        assert CallDecoder(rendered, [spec]).tool_feasible(0) == callable_
