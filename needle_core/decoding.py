@@ -1511,12 +1511,22 @@ class CallDecoder:
             earlier = used.get(call["name"])
             if earlier is not None and values <= earlier:
                 continue
+            if WHOLE_REQUEST_VALUES and self.tool_choice == "auto" and self._gives_whole_request(call):
+                continue
             used[call["name"]] = (earlier or set()) | values
             if COMPLETE_LISTS:
                 call = complete_lists(call, self._array_anchors(call, item_spans, latest))
             out.append(call)
             anchors.append(anchored)
         return fan_out(out, anchors, self.max_calls) if FAN_OUT_LISTS else out
+
+    def _gives_whole_request(self, call: dict) -> bool:
+        """A text argument of ``call`` is the whole latest request (of three words or more), end
+        punctuation aside: a copy of the question, not a value found in it (`WHOLE_REQUEST_VALUES`)."""
+        request = _without_end_punctuation(self._latest_tokens()[0])
+        if len(request.split()) < 3:
+            return False
+        return any(isinstance(v, str) and _without_end_punctuation(v) == request for v in call["arguments"].values())
 
     def _array_anchors(self, call: dict, item_spans: dict, latest: int | None) -> dict:
         """For `complete_lists`: per top-level array argument, (maxItems, anchors of its items):
@@ -1575,6 +1585,10 @@ def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int
     """The character spans of the list of numbers the number at ``text[start:end]`` stands in,
     itself included, in text order (just itself when it stands in none)."""
     return sorted(listed_with(text, start, end, numeric=True) + [(start, end)])
+
+
+def _without_end_punctuation(text: str) -> str:
+    return text.strip().rstrip("?.!").strip()
 
 
 def _key_paths(value: Any, path: tuple = ()) -> set[tuple]:
@@ -1707,6 +1721,11 @@ ARRAYS_NEED_AN_ITEM = True
 # recorded teachers give 93 such objects, none empty; greedy decoding gave `"params": {}` to a
 # weather API for "Test". A call's own arguments may still be empty (`tool_feasible`).
 OBJECTS_NEED_A_KEY = True
+# A call with a text argument that is the whole latest request is not returned: none of the 7,335
+# recorded teacher answers to a request gives it as a value; greedy decoding does for questions no
+# tool answers ("What is the time now in New York City?" as a sunrise tool's date). Only where no
+# call is asked for (tool_choice "auto"): a required call stays.
+WHOLE_REQUEST_VALUES = True
 # A text value does not cut digits joined by a colon ("17:15", `CallDecoder._splits_clock`).
 CLOCK_TIMES = True
 # An answer does not stop while a number of the latest request is unused (`unused_numbers`):

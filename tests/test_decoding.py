@@ -1231,3 +1231,32 @@ def test_an_object_inside_an_argument_has_a_key(monkeypatch):
         spec = spec_with(counted.parameters["properties"]["params"], required)
         rendered = RENDERER.render([{"role": "user", "content": "Test"}], [spec])
         assert CallDecoder(rendered, [spec]).tool_feasible(0) == callable_
+
+
+def test_a_call_that_gives_the_whole_request_as_a_value_is_not_returned(monkeypatch):
+    """"What is the time now in New York City?" as a sunrise tool's date is a copy of the question,
+    not a value found in it: the call is dropped (WHOLE_REQUEST_VALUES); a value inside the
+    request, or a request of one or two words ("London"), is kept."""
+    import needle_core.decoding as decoding
+
+    spec = to_tool_spec({"name": "sunrise", "parameters": {"type": "object", "properties": {
+        "date": {"type": "string"}}, "required": ["date"]}})
+
+    def answer(request: str, longest: bool) -> list[dict]:
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec])
+        decoder.step(N_STRUCT + rendered.tool_pos[0])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("date",))])
+        decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))  # the request's first word
+        _end_value(decoder, longest=longest)
+        decoder.step(END)
+        decoder.step(STOP)
+        return decoder.calls()
+
+    question = "What is the time now in New York City?"
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "WHOLE_REQUEST_VALUES", rule)
+        assert (answer(question, longest=True) == []) == rule
+    monkeypatch.setattr(decoding, "WHOLE_REQUEST_VALUES", True)
+    assert answer(question, longest=False) == [{"name": "sunrise", "arguments": {"date": "What"}}]
+    assert answer("London", longest=True) == [{"name": "sunrise", "arguments": {"date": "London"}}]
