@@ -541,7 +541,7 @@ class CallDecoder:
         self.earlier_starts: dict[tuple, set[int]] = {}  # the same, over the calls already made
         self.covered: list[set[int]] = []  # token positions copied into each completed call
         self.call_covered: set[int] = set()  # the same, current call
-        self.fresh_taken: list[set[int]] = []  # per completed call: fresh numbers its numeric values took
+        self.fresh_taken: list[set[int]] = []  # per completed call: fresh numbers its numeric values took (none where a span went to two arguments)
         self.call_fresh_taken: set[int] = set()  # the same, current call
         self._said_numbers: list[tuple[int, str, float]] | None = None  # see unused_numbers
         self.fresh_numbers: set[int] | None = None  # numbers the call being formed is for (UNUSED_NUMBERS)
@@ -764,16 +764,21 @@ class CallDecoder:
             props = inner.get("properties", {})
             if OBJECTS_NEED_A_KEY and props and not inner.get("required"):
                 return any(self.feasible(v) for v in props.values())
-            return all(self.feasible(props[k]) for k in inner.get("required", []))
+            return self._required_feasible(inner)
         return bool(self.valid_spans(inner))
+
+    def _required_feasible(self, node: dict) -> bool:
+        """Each required property of an object node can be formed."""
+        props = node.get("properties", {})
+        return all(self.feasible(props[k]) for k in node.get("required", []))
 
     def _array_cap(self, node: dict) -> int:
         return max(min(node.get("maxItems", self.max_items), self.max_items), node.get("minItems", 0))
 
     def tool_feasible(self, i: int) -> bool:
-        """A call can be made: each required argument can be formed (a call may give no argument)."""
-        props = self.specs[i].parameters.get("properties", {})
-        return all(self.feasible(props[k]) for k in self.specs[i].parameters.get("required", []))
+        """A call can be made: each required argument can be formed (a call may give no argument,
+        unlike an object inside one, see `OBJECTS_NEED_A_KEY`)."""
+        return self._required_feasible(self.specs[i].parameters)
 
     # -- what may come next --
     @property
@@ -1187,7 +1192,7 @@ class CallDecoder:
             props = self.specs[tool].parameters.get("properties", {})
             nouns = {}
             for key, node in props.items():
-                if isinstance(node, dict) and primary_branch(node)[0].get("type") in ("integer", "number"):
+                if isinstance(node, dict) and _numeric(node):
                     words = list(_name_words_cached(key))
                     words = words[:words.index("per")] if "per" in words else words
                     nouns[key] = [w for w in words if len(w) >= 4 and w not in _COUNT_NAME_WORDS]
@@ -1375,8 +1380,8 @@ class CallDecoder:
                 self.stack[-1].calls.append({"name": self.specs[obj.tool].name, "arguments": obj.value})
                 self.anchors.append((self.call_anchors, self.call_item_anchors))
                 self.covered.append(self.call_covered)
-                starts = [p for starts in self.call_starts.values() for p in starts]
-                self.fresh_taken.append(set() if len(set(starts)) < len(starts) else self.call_fresh_taken)
+                copied = [p for starts in self.call_starts.values() for p in starts]
+                self.fresh_taken.append(set() if len(set(copied)) < len(copied) else self.call_fresh_taken)
                 self.fresh_numbers = None
                 for key, starts in self.call_starts.items():
                     self.earlier_starts.setdefault(key, set()).update(starts)
@@ -1438,8 +1443,7 @@ class CallDecoder:
     def starts_of_earlier_calls(self) -> set[int]:
         """Span starts that earlier calls of this tool gave the value being formed now."""
         top = self.stack[-1]
-        if self.fresh_numbers is not None and isinstance(top, _Value) and \
-                primary_branch(top.node)[0].get("type") in ("integer", "number"):
+        if self.fresh_numbers is not None and isinstance(top, _Value) and _numeric(top.node):
             return set()  # a call for a number still unused repeats the others (UNUSED_NUMBERS)
         if isinstance(top, _Value):
             return self.earlier_starts.get((top.tool, top.path), set())
@@ -1456,7 +1460,7 @@ class CallDecoder:
         if not (isinstance(obj, _Object) and obj.is_call):
             return False
         later = obj.keys[obj.last + 1:]
-        return not any(primary_branch(obj.node["properties"][k])[0].get("type") in ("integer", "number") for k in later)
+        return not any(_numeric(obj.node["properties"][k]) for k in later)
 
     def unused_numbers(self) -> set[int]:
         """First tokens of the numbers of the latest request (whole words: not "3D", "XY1234",
@@ -1588,7 +1592,13 @@ def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int
 
 
 def _without_end_punctuation(text: str) -> str:
+    """``text`` without surrounding spaces and a final "?", "." or "!" (`_gives_whole_request`)."""
     return text.strip().rstrip("?.!").strip()
+
+
+def _numeric(node: dict) -> bool:
+    """Does the node (its first non-null branch) ask for a number?"""
+    return primary_branch(node)[0].get("type") in ("integer", "number")
 
 
 def _key_paths(value: Any, path: tuple = ()) -> set[tuple]:
