@@ -528,6 +528,7 @@ class CallDecoder:
         self._bracketed: list[list[int]] | None = None  # see _brackets
         self._lists_of_numbers: list[list[set[int]]] | None = None  # see _number_lists
         self._count_nouns_of: dict[int, dict[str, list[str]]] = {}  # see _count_nouns
+        self._day_nodes = _day_parameter_nodes(self.specs) if DAY_WORDS else frozenset()
         if tool_choice not in ("auto", "required", "any", "none"):
             names = [s.name for s in self.specs]
             if tool_choice not in names:
@@ -535,6 +536,7 @@ class CallDecoder:
             self.named = names.index(tool_choice)
         self.stack: list = [_Calls()]
         self.call_starts: dict[tuple, set[int]] = {}  # (tool, path) -> span starts, current call
+        self.call_text_starts: set[int] = set()  # span starts copied into text values, current call
         self.call_anchors: dict[str, tuple[int, int, dict]] = {}  # top-level key -> copied span, current call
         self.call_item_anchors: dict[str, list[tuple[int, int, dict]]] = {}  # top-level array -> copied items
         self.anchors: list[tuple[dict, dict]] = []  # the two, per completed call
@@ -554,7 +556,8 @@ class CallDecoder:
         """start position -> end positions of the spans that are valid values of a scalar node."""
         numeric = node.get("type") in ("integer", "number")
         plain = not numeric and not any(k in node for k in ("minLength", "maxLength", "pattern"))
-        key = "plain" if plain else id(node)
+        day = id(node) in self._day_nodes  # see DAY_WORDS
+        key = ("day" if day else "plain") if plain else id(node)
         cached = self._valid_spans_cache.get(key)
         if cached is not None:
             return cached
@@ -564,16 +567,23 @@ class CallDecoder:
                 if span_value(text, node, self.r.text_after(e))[0]:
                     out.setdefault(s, []).append(e)
         elif plain:  # any word-aligned span: ends are listed lazily, per start
-            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p] and not self._no_text_start(p)])
+            out = _LazySpans(self, [int(p) for p in self.text_pos if self.r.word_start[p] and not self._no_text_start(p)
+                                    and (not day or self._starts_a_day(p))])
         else:
             for start in self.text_pos:
-                if self._no_text_start(start):
+                if self._no_text_start(start) or (day and not self._starts_a_day(start)):
                     continue
                 for e in self.text_ends(int(start), self.max_span):
                     if span_value(self.r.span_text(int(start), e), node)[0]:
                         out.setdefault(int(start), []).append(e)
         self._valid_spans_cache[key] = out
         return out
+
+    def _starts_a_day(self, p: int) -> bool:
+        """Can a day start at text position ``p``: a digit, a month or weekday name, or a word
+        such as "today" or "next" (`DAY_WORDS`)?"""
+        word = self.first_word(p).lower()
+        return word[:1].isdigit() or word.rstrip(".") in _MONTHS or word in _DAY_START_WORDS
 
     def _no_text_start(self, p: int) -> bool:
         """A lower-case "the" starts no text value: the recorded teachers write "Louvre Museum" for
@@ -994,6 +1004,8 @@ class CallDecoder:
             elif FRESH_ITEMS and path and path[-1] == ITEMS:  # see FRESH_ITEMS
                 used = self.used_starts
                 starts = [p for p in starts if p not in used] or starts
+            if DISTINCT_TEXT_SPANS and t == "string":
+                starts = [p for p in starts if p not in self.call_text_starts] or starts
             if DATE_SPANS and date_format(inner):
                 days = self._day_spans()
                 starts = [p for p in starts if p in days] or starts
@@ -1342,6 +1354,7 @@ class CallDecoder:
             obj = self._new_object(self.specs[tool].parameters, (), tool)
             obj.is_call = True
             self.call_starts, self.call_anchors, self.call_item_anchors = {}, {}, {}
+            self.call_text_starts = set()
             self.call_covered, self.call_fresh_taken = set(), set()
             self.stack.append(obj)
         elif isinstance(top, _Object):
@@ -1418,6 +1431,8 @@ class CallDecoder:
             self.stack.append(obj)
             return self._object_action(obj, action)
         self.call_starts.setdefault((tool, path), set()).add(p)
+        if inner.get("type") == "string":
+            self.call_text_starts.add(p)
         if self.fresh_numbers and p in self.fresh_numbers and inner.get("type") in ("integer", "number"):
             self.call_fresh_taken.add(p)
         if isinstance(self.stack[-1], _Array):
@@ -1585,6 +1600,33 @@ class CallDecoder:
         return self.r.segments[self.r.segment[start]], self.r.offsets[start][0], self.r.offsets[end][1], to_value
 
 
+def _day_parameter_nodes(specs: list) -> frozenset[int]:
+    """ids of the free-text nodes of parameters named for a day ("date", "start_date",
+    "dateOfJourney") or of format "date", at any depth; a node another parameter shares is left
+    out (`DAY_WORDS`). Descriptions are not read: "the fossil you want to date" is an ID."""
+    day, other = set(), set()
+
+    def walk(node: dict) -> None:
+        for key, prop in node.get("properties", {}).items():
+            inner = primary_branch(prop)[0]
+            words = re.sub(r"([a-z])([A-Z])", r"\1 \2", key).lower().replace("_", " ").replace("-", " ").split()
+            named = ("date" in words or "birthdate" in words) and "format" not in words
+            if inner.get("type") == "string" and enum_options(inner) is None and (named or inner.get("format") == "date"):
+                day.add(id(inner))
+            else:
+                other.add(id(inner))
+            walk(inner)
+            walk(primary_branch(inner.get("items", {}))[0])
+    for spec in specs:
+        walk(spec.parameters)
+    return frozenset(day - other)
+
+
+_DAY_START_WORDS = frozenset(
+    "monday mon tuesday tue tues wednesday wed thursday thu thur thurs friday fri saturday sat sunday sun "
+    "today tomorrow tonight yesterday next last this coming upcoming".split())
+
+
 def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """The character spans of the list of numbers the number at ``text[start:end]`` stands in,
     itself included, in text order (just itself when it stands in none)."""
@@ -1746,6 +1788,26 @@ CLOCK_TIMES = True
 # teachers (runs/s17/unused_num.py): 4,956 of 5,134 one-call answers use every number of their request; 26 of 62
 # answers that call one tool several times leave one unused after their first call.
 UNUSED_NUMBERS = True
+# A text parameter named for a day ("date", "start_date", "date_of_journey") or of format "date"
+# takes a value that starts where a day can: a digit, a month or weekday name, "today", "next"...
+# (`CallDecoder._starts_a_day`); where the input has no such word, it cannot be given (a required
+# one: the tool is not called). The recorded teachers' copied values to such parameters all start
+# so (131 of 131), and 406 of 408 of their values come with user turns that have such a word (the
+# other 2 are invented dates); greedy decoding gave "date_of_journey": "to book" for "I would like
+# to book train tickets from Sacramento".
+DAY_WORDS = True
+# One span of the input is copied into one text value of a call, not two: none of the recorded
+# teachers' 10,508 calls gives two text arguments (or array items) the same text where the request
+# says it once; greedy decoding does ("color1": "yellow", "color2": "yellow" for "Mix yellow and
+# blue"; "username": "hey", "password": "hey"). Numbers may repeat ("from 2015 to 2015"). Where
+# no other start is left, the span may be copied again (`CallDecoder._value_first`).
+DISTINCT_TEXT_SPANS = True
+# Where the tool the model scores highest (over the tools and stopping) cannot be called (a required
+# argument cannot be formed: no day for a date, no item for an array), the answer stops there,
+# rather than calling the next tool in the model's favour: the request asked for something none of
+# the tools can do ("I want to book an IndiGo flight" with a date picker whose date the request does
+# not give, then a multi-select widget). Not where a call is required (stopping is not allowed then).
+INFEASIBLE_FAVOURITE_STOPS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 
@@ -1813,6 +1875,11 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                     choice = choice.copy() if choice is scores else choice
                     choice[[N_STRUCT + p for p in repeated]] -= REPEAT_PENALTY
                 action = int(np.argmax(choice))
+                if INFEASIBLE_FAVOURITE_STOPS and d.kind == K_CALL and struct[STOP] and d.named is None:
+                    raw = logits[b]
+                    favourite = max(d.r.tool_pos, key=lambda p: raw[N_STRUCT + p])
+                    if not pos[favourite] and raw[N_STRUCT + favourite] > raw[STOP]:
+                        action = STOP  # the tool the model would call cannot be called: no call
                 done = d.calls_done()
                 if UNUSED_NUMBERS and done and action == STOP and (unused := d.unused_numbers()):
                     # a number the request says is still unused: one more call, kept only if it

@@ -1234,19 +1234,19 @@ def test_an_object_inside_an_argument_has_a_key(monkeypatch):
 
 
 def test_a_call_that_gives_the_whole_request_as_a_value_is_not_returned(monkeypatch):
-    """"What is the time now in New York City?" as a sunrise tool's date is a copy of the question,
+    """"What is the time now in New York City?" as a sunrise tool's place is a copy of the question,
     not a value found in it: the call is dropped (WHOLE_REQUEST_VALUES); a value inside the
     request, or a request of one or two words ("London"), is kept."""
     import needle_core.decoding as decoding
 
     spec = to_tool_spec({"name": "sunrise", "parameters": {"type": "object", "properties": {
-        "date": {"type": "string"}}, "required": ["date"]}})
+        "place": {"type": "string"}}, "required": ["place"]}})
 
     def answer(request: str, longest: bool) -> list[dict]:
         rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
         decoder = CallDecoder(rendered, [spec])
         decoder.step(N_STRUCT + rendered.tool_pos[0])
-        decoder.step(N_STRUCT + rendered.param_pos[(0, ("date",))])
+        decoder.step(N_STRUCT + rendered.param_pos[(0, ("place",))])
         decoder.step(N_STRUCT + int(np.flatnonzero(decoder.allowed()[1])[0]))  # the request's first word
         _end_value(decoder, longest=longest)
         decoder.step(END)
@@ -1258,5 +1258,77 @@ def test_a_call_that_gives_the_whole_request_as_a_value_is_not_returned(monkeypa
         monkeypatch.setattr(decoding, "WHOLE_REQUEST_VALUES", rule)
         assert (answer(question, longest=True) == []) == rule
     monkeypatch.setattr(decoding, "WHOLE_REQUEST_VALUES", True)
-    assert answer(question, longest=False) == [{"name": "sunrise", "arguments": {"date": "What"}}]
-    assert answer("London", longest=True) == [{"name": "sunrise", "arguments": {"date": "London"}}]
+    assert answer(question, longest=False) == [{"name": "sunrise", "arguments": {"place": "What"}}]
+    assert answer("London", longest=True) == [{"name": "sunrise", "arguments": {"place": "London"}}]
+
+
+def test_two_text_arguments_do_not_copy_one_span(monkeypatch):
+    """"Mix yellow and blue": with "color1" given "yellow", "color2" is offered the request's
+    other starts but not "yellow" again; where the request has no other start left, it is."""
+    import needle_core.decoding as decoding
+
+    spec = to_tool_spec({"name": "mix", "parameters": {"type": "object", "properties": {
+        "color1": {"type": "string"}, "color2": {"type": "string"}}, "required": ["color1", "color2"]}})
+
+    def color2_starts(request: str) -> set[str]:
+        decoder = _after_first_argument(spec, request, "color1", request.split()[-1])
+        decoder.step(N_STRUCT + decoder.r.param_pos[(0, ("color2",))])
+        return _start_words(decoder)
+
+    assert "yellow" not in color2_starts("Mix blue and yellow") and "blue" in color2_starts("Mix blue and yellow")
+    assert color2_starts("yellow") == {"yellow"}
+    monkeypatch.setattr(decoding, "DISTINCT_TEXT_SPANS", False)
+    assert "yellow" in color2_starts("Mix blue and yellow")
+
+
+def test_a_day_parameter_takes_a_value_that_starts_like_a_day(monkeypatch):
+    """"date_of_journey" is offered only starts a day can have ("March", "3rd", "next"); with none
+    in the request the tool cannot be called, and an optional day parameter is not offered."""
+    import needle_core.decoding as decoding
+
+    spec = to_tool_spec({"name": "trains", "parameters": {"type": "object", "properties": {
+        "origin": {"type": "string"}, "date_of_journey": {"type": "string"}, "returnDate": {"type": "string"}},
+        "required": ["origin", "date_of_journey"]}})
+
+    def decoder_for(request: str) -> CallDecoder:
+        return CallDecoder(RENDERER.render([{"role": "user", "content": request}], [spec]), [spec])
+
+    decoder = _after_first_argument(spec, "Trains from Sacramento on March 3rd or next Friday", "origin", "Sacramento")
+    decoder.step(N_STRUCT + decoder.r.param_pos[(0, ("date_of_journey",))])
+    assert _start_words(decoder) == {"March", "3rd", "next", "Friday"}
+    assert not decoder_for("I would like to book train tickets from Sacramento").tool_feasible(0)
+    decoder = _after_first_argument(spec, "Trains from Sacramento on Friday", "origin", "Sacramento")
+    decoder.step(N_STRUCT + decoder.r.param_pos[(0, ("date_of_journey",))])
+    _start_at(decoder, "Friday")
+    _end_value(decoder)
+    assert not decoder.allowed()[1][decoder.r.param_pos[(0, ("returnDate",))]]  # no day left for it
+    monkeypatch.setattr(decoding, "DAY_WORDS", False)
+    assert decoder_for("I would like to book train tickets from Sacramento").tool_feasible(0)
+
+
+def test_no_call_where_the_tool_the_model_favours_cannot_be_called(monkeypatch):
+    """The model would call "book_train" (no day in the request to form its date), then stop; the
+    next tool in its favour, "weather", is not called in its place."""
+    import needle_core.decoding as decoding
+    from needle_core.callformat import K_CALL
+
+    train = to_tool_spec({"name": "book_train", "parameters": {"type": "object", "properties": {
+        "date": {"type": "string"}}, "required": ["date"]}})
+    weather = to_tool_spec({"name": "weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string"}}, "required": ["city"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Book me a train to Paris"}], [train, weather])
+
+    def step_fn(prev, kinds):
+        logits = np.zeros((1, N_STRUCT + len(rendered.ids)))
+        if kinds[0, -1] == K_CALL:
+            logits[0, N_STRUCT + rendered.tool_pos[0]] = 5.0
+            logits[0, N_STRUCT + rendered.tool_pos[1]] = 3.0
+            logits[0, STOP] = 1.0
+        return logits
+
+    names = {}
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "INFEASIBLE_FAVOURITE_STOPS", rule)
+        (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [train, weather])], step_fn)
+        names[rule] = [c["name"] for c in calls]
+    assert names == {True: [], False: ["weather"]}
