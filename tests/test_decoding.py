@@ -1332,3 +1332,28 @@ def test_no_call_where_the_tool_the_model_favours_cannot_be_called(monkeypatch):
         (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [train, weather])], step_fn)
         names[rule] = [c["name"] for c in calls]
     assert names == {True: [], False: ["weather"]}
+
+
+def test_a_word_given_as_a_web_address_is_not_returned(monkeypatch):
+    """"url": "sea" for "I want go to the sea" is a word of the request, not an address: the call is
+    dropped (ADDRESS_VALUES); an address, or a parameter that names a site's id, is kept."""
+    import needle_core.decoding as decoding
+
+    spec = to_tool_spec({"name": "get", "parameters": {"type": "object", "properties": {
+        "url": {"type": "string"}, "siteId": {"type": "string"}}, "required": ["url"]}})
+
+    def answer(request: str, url_word: str, site_word: str | None = None) -> list[dict]:
+        decoder = _after_first_argument(spec, request, "url", url_word)
+        if site_word:
+            decoder.step(N_STRUCT + decoder.r.param_pos[(0, ("siteId",))])
+            _start_at(decoder, site_word)
+            _end_value(decoder)
+        decoder.step(END)
+        decoder.step(STOP)
+        return decoder.calls()
+
+    assert answer("I want go to the sea", "sea") == []
+    assert answer("Fetch example.com for site 12", "example", "12") == [
+        {"name": "get", "arguments": {"url": "example.com", "siteId": "12"}}]
+    monkeypatch.setattr(decoding, "ADDRESS_VALUES", False)
+    assert answer("I want go to the sea", "sea") == [{"name": "get", "arguments": {"url": "sea"}}]
