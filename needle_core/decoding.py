@@ -1433,7 +1433,7 @@ class CallDecoder:
         self.call_starts.setdefault((tool, path), set()).add(p)
         if inner.get("type") == "string":
             self.call_text_starts.add(p)
-        if self.fresh_numbers and p in self.fresh_numbers and inner.get("type") in ("integer", "number"):
+        if self.fresh_numbers and p in self.fresh_numbers and _numeric(inner):
             self.call_fresh_taken.add(p)
         if isinstance(self.stack[-1], _Array):
             self.stack[-1].starts.append(p)
