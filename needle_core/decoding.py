@@ -547,6 +547,7 @@ class CallDecoder:
         self.call_fresh_taken: set[int] = set()  # the same, current call
         self._said_numbers: list[tuple[int, str, float]] | None = None  # see unused_numbers
         self.fresh_numbers: set[int] | None = None  # numbers the call being formed is for (UNUSED_NUMBERS)
+        self.fresh_texts: dict[tuple, set[int]] | None = None  # (tool, path) -> parallel values it is for (PARALLEL_VALUES)
         self.steps = 0
         self.done = False
         self._allowed = None
@@ -1023,6 +1024,8 @@ class CallDecoder:
                     starts = self._place_starts(starts) or starts
                 if not named and asks_state_code(inner):  # a state's code: start at a state's name
                     starts = [p for p in starts if self._starts_state_name(p)] or starts
+                if self.fresh_texts and (parallel := self.fresh_texts.get((tool, path))):  # see PARALLEL_VALUES
+                    starts = [p for p in starts if p in parallel] or starts
             else:
                 if UNIT_QUANTITIES and not named:
                     starts = self._unit_starts(starts, path) or starts
@@ -1395,7 +1398,7 @@ class CallDecoder:
                 self.covered.append(self.call_covered)
                 copied = [p for starts in self.call_starts.values() for p in starts]
                 self.fresh_taken.append(set() if len(set(copied)) < len(copied) else self.call_fresh_taken)
-                self.fresh_numbers = None
+                self.fresh_numbers = self.fresh_texts = None
                 for key, starts in self.call_starts.items():
                     self.earlier_starts.setdefault(key, set()).update(starts)
             else:
@@ -1435,6 +1438,8 @@ class CallDecoder:
             self.call_text_starts.add(p)
         if self.fresh_numbers and p in self.fresh_numbers and _numeric(inner):
             self.call_fresh_taken.add(p)
+        if self.fresh_texts and p in self.fresh_texts.get((tool, path), ()):
+            self.call_fresh_taken.add(p)
         if isinstance(self.stack[-1], _Array):
             self.stack[-1].starts.append(p)
         self.stack.append(_Span(inner, p, path=path))
@@ -1460,6 +1465,8 @@ class CallDecoder:
         top = self.stack[-1]
         if self.fresh_numbers is not None and isinstance(top, _Value) and _numeric(top.node):
             return set()  # a call for a number still unused repeats the others (UNUSED_NUMBERS)
+        if self.fresh_texts is not None and PARALLEL_REPEATS:
+            return set()  # a call for a parallel value repeats the others (PARALLEL_VALUES)
         if isinstance(top, _Value):
             return self.earlier_starts.get((top.tool, top.path), set())
         if isinstance(top, _Array):
@@ -1491,6 +1498,48 @@ class CallDecoder:
         texts = [v for kind, v in values if kind == "str"]
         return {p for p, said, number in self._said_numbers
                 if p not in taken and ("number", number) not in values and not any(said in t for t in texts)}
+
+    def unused_parallel_values(self) -> dict[tuple, set[int]]:
+        """(tool, path) -> first tokens of capitalised phrases of the latest request that stand
+        where a capitalised text value of a completed call stands, after or before the same word
+        ("the most played Pop song and ... the most played Rock song", "USD to AUD and USD to
+        CAD", "in New York City ... and another one in San Diego"), that no call used. Not at a
+        sentence's start, and not a short all-capital word beside a value that is none ("the ID")."""
+        text, first_at, _ = self._latest_tokens()
+        latest = self._latest_request()
+        if not text:
+            return {}
+        taken = set().union(*self.covered)
+        values = scalar_values([call["arguments"] for call in self.stack[0].calls + self.calls()])
+        texts = [v.lower() for kind, v in values if kind == "str" and v]
+        phrases = [m for m in _CAPITAL_PHRASE.finditer(text)
+                   if m.start() in first_at and first_at[m.start()] not in taken
+                   and not _SENTENCE_START.search(text, 0, m.start())
+                   and not any(m.group().lower() in t or t in m.group().lower() for t in texts)]
+        found: dict[tuple, set[int]] = {}
+        for (spans, _), call in zip(self.anchors, self.stack[0].calls):
+            tool = next(i for i, spec in enumerate(self.specs) if spec.name == call["name"])
+            for key, (start, end, node) in spans.items():
+                if self.r.segment[start] != latest or node.get("type") != "string":
+                    continue
+                a, b = self.r.offsets[start][0], self.r.offsets[end][1]
+                value = text[a:b]
+                if not value[:1].isupper():
+                    continue
+                before, after = _word_before_at(text, a), _word_after_at(text, b)
+                for m in phrases:
+                    if m.start() < b and m.end() > a:
+                        continue
+                    x = m.group()
+                    if len(x) <= 3 and x.isupper() and not value.isupper():
+                        continue
+                    gap = text[b:m.start()] if b <= m.start() else text[m.end():a]
+                    if not _PARALLEL_LINK.search(gap):
+                        continue  # "on Mars if my weight on Earth": no second case is asked for
+                    if (before not in _ARTICLES and _word_before_at(text, m.start()) == before) or (
+                            after and _word_after_at(text, m.end()) == after):
+                        found.setdefault((tool, (key,)), set()).add(first_at[m.start()])
+        return found
 
     def repeats_for_fresh_number(self, i: int) -> bool:
         """Call ``i``, made for unused numbers, took one as a number (and no span twice: "a tip
@@ -1633,6 +1682,25 @@ def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int
     """The character spans of the list of numbers the number at ``text[start:end]`` stands in,
     itself included, in text order (just itself when it stands in none)."""
     return sorted(listed_with(text, start, end, numeric=True) + [(start, end)])
+
+
+_CAPITAL_PHRASE = re.compile(r"(?<![\w'-])[A-Z][\w'-]*(?: [A-Z][\w'-]*)*")
+_SENTENCE_START = re.compile(r"(?:^|[.!?]['\"]?)\W*$")
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9][\w'-]*")
+_PARALLEL_LINK = re.compile(r"\b(?:and|also|as well as|then|another|vs|versus|compared? (?:to|with))\b", re.IGNORECASE)
+_ARTICLES = frozenset({None, "the", "a", "an"})
+
+
+def _word_before_at(text: str, at: int) -> str | None:
+    """The word that ends before ``at`` (quotes and spaces between), lower-cased."""
+    words = _PLAIN_WORD.findall(text[max(0, at - 40):at])
+    return words[-1].lower() if words else None
+
+
+def _word_after_at(text: str, at: int) -> str | None:
+    """The word that starts after ``at`` (quotes and spaces between), lower-cased."""
+    m = _PLAIN_WORD.search(text, at, at + 40)
+    return m.group().lower() if m else None
 
 
 def _gives_a_word_as_address(call: dict) -> bool:
@@ -1834,6 +1902,20 @@ DISTINCT_TEXT_SPANS = True
 # the tools can do ("I want to book an IndiGo flight" with a date picker whose date the request does
 # not give, then a multi-select widget). Not where a call is required (stopping is not allowed then).
 INFEASIBLE_FAVOURITE_STOPS = True
+# An answer does not stop while a parallel value is unused (`CallDecoder.unused_parallel_values`): a
+# capitalised phrase of the latest request that stands where a capitalised text value of a call
+# stands, after or before the same word (not an article), with "and", "also", "then", "another",
+# "vs" or "compared to" between them: "the most played Pop song and also ... the most played Rock
+# song", "USD to AUD and USD to CAD". The further call gives that parameter a parallel value and
+# may repeat the earlier call's other values (no repeat handicap, `PARALLEL_REPEATS`); it is kept
+# only where it took one (as for `UNUSED_NUMBERS`). Recorded teachers (runs/s19/twin.py): 1 of
+# 5,684 one-call answers leaves such a phrase unused ("a barcode in 'UPC-A' format").
+PARALLEL_VALUES = True
+PARALLEL_REPEATS = True
+# A further call kept for an unused number or parallel value is not undone by `RESCORE_STOPS`: the
+# answer does not stop before it because stopping there was likelier (the further call was made
+# against the model's choice to stop, so its answer is always less likely).
+KEEP_ASKED_CALLS = True
 REUSE_PENALTY = 4.0  # log-probability handicap of a span start already used in the same call
 REPEAT_PENALTY = 4.0  # handicap of the span an earlier call of the tool gave the same parameter
 
@@ -1907,15 +1989,17 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
                     if not pos[favourite] and raw[N_STRUCT + favourite] > raw[STOP]:
                         action = STOP  # the tool the model would call cannot be called: no call
                 done = d.calls_done()
-                if UNUSED_NUMBERS and done and action == STOP and (unused := d.unused_numbers()):
-                    # a number the request says is still unused: one more call, kept only if it
-                    # takes one of them (see `UNUSED_NUMBERS`)
+                unused = d.unused_numbers() if UNUSED_NUMBERS and done and action == STOP else set()
+                parallel = d.unused_parallel_values() if PARALLEL_VALUES and done and action == STOP else {}
+                if unused or parallel:
+                    # a number or a parallel value the request says is still unused: one more
+                    # call, kept only if it takes one of them (see `UNUSED_NUMBERS`, `PARALLEL_VALUES`)
                     choice = choice.copy() if choice is scores else choice
                     choice[STOP] = -np.inf
                     if np.isfinite(choice).any():
                         action = int(np.argmax(choice))
                         continued[b].append((done, float(logp[b] + scores[STOP])))
-                        d.fresh_numbers = unused
+                        d.fresh_numbers, d.fresh_texts = unused, parallel
                 elif RESCORE_STOPS and done and action != STOP and np.isfinite(scores[STOP]):
                     alternative = float(logp[b] + scores[STOP])
                     if stop_instead[b] is None or alternative > stop_instead[b][0]:
@@ -1928,6 +2012,9 @@ def greedy_decode_batch(decoders: list[CallDecoder], step_fn: Callable[[np.ndarr
         alternative = stop_instead[b]
         cut = next(((stop_logp, done) for done, stop_logp in continued[b]
                     if done < len(d.covered) and not d.repeats_for_fresh_number(done)), None)
+        kept = [done for done, _ in continued[b] if (cut is None or done < cut[1]) and done < len(d.covered)]
+        if KEEP_ASKED_CALLS and alternative is not None and kept and alternative[1] <= max(kept):
+            alternative = None  # a further call kept for an unused value: no stop before it
         if cut is not None and (alternative is None or alternative[1] > cut[1] or alternative[0] < cut[0]):
             alternative = cut  # the further call took no unused number: the answer stops before it
         if alternative is not None and (cut is not None or alternative[0] > logp[b]):

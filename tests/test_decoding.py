@@ -1205,6 +1205,106 @@ def test_unused_numbers_are_the_whole_numbers_of_the_latest_request(text, unused
     assert {rendered.span_text(p, p) for p in decoder.unused_numbers()} == unused
 
 
+CHARTS = to_tool_spec({"name": "most_played", "parameters": {"type": "object", "properties": {
+    "genre": {"type": "string"}, "region": {"type": "string"}}, "required": ["genre", "region"]}})
+
+
+def _keyed_step_fn(rendered, favourites: list[dict[str, str]], stop_logits=(-9.0,)):
+    """A model that gives each key of its n-th call the word ``favourites[n]`` names (the last
+    one for later calls; any other capitalised word scores lower), ends each span where it starts
+    and scores stopping after n calls ``stop_logits[n - 1]`` (9 after the last given)."""
+    from needle_core.callformat import K_CALL
+
+    markers = {p: key for (tool, path), p in rendered.param_pos.items() for key in path[-1:]}
+    words = [rendered.span_text(p, p) for p in range(len(rendered.ids))]
+    state = {"key": None, "calls": 0}
+
+    def step_fn(prev, kinds):
+        last = int(prev[0, -1]) - N_STRUCT
+        state["key"] = markers.get(last, state["key"])
+        logits = np.full((1, N_STRUCT + len(rendered.ids)), -9.0)
+        if kinds[0, -1] == K_CALL:
+            state["calls"] += 1
+            done = state["calls"] - 1
+            logits[0, STOP] = -9.0 if done == 0 else stop_logits[done - 1] if done <= len(stop_logits) else 9.0
+            logits[0, N_STRUCT + rendered.tool_pos[0]] = 0.0
+        elif kinds[0, -1] == K_SPAN_END:
+            logits[0, N_STRUCT + last] = 9.0
+        else:
+            logits[0, :N_STRUCT] = 0.0
+            wanted = favourites[min(state["calls"], len(favourites)) - 1].get(state["key"])
+            for p, word in enumerate(words):
+                logits[0, N_STRUCT + p] = 3.0 if word == wanted else 1.0 if word[:1].isupper() else -9.0
+        return logits
+    return step_fn
+
+
+def test_a_parallel_value_no_call_used_asks_for_one_more_call(monkeypatch):
+    """"the most played Pop song and also the most played Rock song": the model would stop after
+    the first call; with PARALLEL_VALUES a second call takes "Rock" where the first took "Pop"
+    (the same word, "song", after both) and repeats the region."""
+    import needle_core.decoding as decoding
+
+    text = "What's the current most played Pop song and also the current most played Rock song in Australia?"
+    rendered = RENDERER.render([{"role": "user", "content": text}], [CHARTS])
+    answers = {}
+    for rule in (False, True):
+        monkeypatch.setattr(decoding, "PARALLEL_VALUES", rule)
+        (calls, logp, _), = greedy_decode_batch([CallDecoder(rendered, [CHARTS])],
+                                                _keyed_step_fn(rendered, [{"genre": "Pop", "region": "Australia"}], (9.0,)))
+        answers[rule] = [c["arguments"] for c in calls]
+        assert np.isfinite(logp)
+    assert answers[False] == [{"genre": "Pop", "region": "Australia"}]
+    assert answers[True] == [{"genre": "Pop", "region": "Australia"}, {"genre": "Rock", "region": "Australia"}]
+
+
+def test_a_call_kept_for_an_unused_value_is_not_undone_by_an_earlier_stop(monkeypatch):
+    """"Weather for Paris, then for Rome and then for Oslo": the model goes on after Paris by a
+    small margin, stops after Rome, and a third call is made for Oslo. Stopping after Paris alone is then
+    more likely than the three calls (the third was asked for against the model), but the
+    request asked for Oslo: with KEEP_ASKED_CALLS that earlier stop is not taken."""
+    import needle_core.decoding as decoding
+
+    rates = to_tool_spec({"name": "weather", "parameters": {"type": "object", "properties": {
+        "target": {"type": "string"}}, "required": ["target"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Weather for Paris, then for Rome and then for Oslo"}], [rates])
+    answers = {}
+    for rule in (False, True):
+        monkeypatch.setattr(decoding, "KEEP_ASKED_CALLS", rule)
+        (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [rates])], _keyed_step_fn(
+            rendered, [{"target": "Paris"}, {"target": "Rome"}], (-1.0, 9.0)))
+        answers[rule] = [c["arguments"]["target"] for c in calls]
+    assert answers == {False: ["Paris"], True: ["Paris", "Rome", "Oslo"]}
+
+
+@pytest.mark.parametrize("text, value, parallel", [
+    ("Rates of USD to AUD and USD to CAD", "CAD", {"AUD"}),  # "to" before both
+    ("the most played Pop song and the most played Rock song", "Pop", {"Rock"}),  # "song" after both
+    ("How much will I weigh on Mars if my weight on Earth is 70 kg?", "Mars", set()),  # no "and", "also", "then"...
+    ("Play the Pop and the Rock", "Pop", set()),  # an article is no shared word
+    ("Pop song and the Pop song", "Pop", set()),  # the same value again is no other case
+    ("Weather in Paris and in PARIS", "Paris", set()),  # a value the call gave, in other letters
+    ("Find a Vegan place in Paris and one in Rome", "Paris", {"Rome"}),
+    ("Weather in Paris and in ID", "Paris", set()),  # a short all-capital word beside a value that is none
+])
+def test_parallel_values_stand_where_a_value_of_the_call_stands(text, value, parallel):
+    genre = to_tool_spec({"name": "most_played", "parameters": {"type": "object", "properties": {
+        "genre": {"type": "string"}}, "required": ["genre"]}})
+    rendered = RENDERER.render([{"role": "user", "content": text}], [genre])
+    decoder = CallDecoder(rendered, [genre])
+    def word_at(p):
+        return text[rendered.offsets[p][0]:].split()[0].strip("?")
+
+    start = next(int(p) for p in decoder.text_pos if word_at(p) == value)
+    end = max(int(p) for p in decoder.text_pos if rendered.offsets[p][0] < rendered.offsets[start][0] + len(value))
+    for action in (rendered.tool_pos[0], rendered.param_pos[(0, ("genre",))], start, end):
+        decoder.step(N_STRUCT + action)
+    decoder.step(END)
+    found = decoder.unused_parallel_values()
+    assert {word_at(p) for starts in found.values() for p in starts} == parallel
+    assert set(found) <= {(0, ("genre",))}
+
+
 def test_an_object_inside_an_argument_has_a_key(monkeypatch):
     """A nested object does not end before its first key where one can follow (the recorded
     teachers give 93 nested objects, none empty), and a tool whose required object can have no
