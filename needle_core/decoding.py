@@ -1684,7 +1684,7 @@ def _numbers_listed_with(text: str, start: int, end: int) -> list[tuple[int, int
     return sorted(listed_with(text, start, end, numeric=True) + [(start, end)])
 
 
-_CAPITAL_PHRASE = re.compile(r"(?<![\w'-])[A-Z][\w'-]*(?: [A-Z][\w'-]*)*")
+_CAPITAL_PHRASE = re.compile(r"(?<![\w-])(?<!\w')[A-Z][\w-]*(?:'\w+)*(?: [A-Z][\w-]*(?:'\w+)*)*")  # "McDonald's", not "Office'"
 _SENTENCE_START = re.compile(r"(?:^|[.!?]['\"]?)\W*$")
 _PLAIN_WORD = re.compile(r"[A-Za-z0-9][\w'-]*")
 _PARALLEL_LINK = re.compile(r"\b(?:and|also|as well as|then|another|vs|versus|compared? (?:to|with))\b", re.IGNORECASE)
