@@ -1205,6 +1205,26 @@ def test_unused_numbers_are_the_whole_numbers_of_the_latest_request(text, unused
     assert {rendered.span_text(p, p) for p in decoder.unused_numbers()} == unused
 
 
+@pytest.mark.parametrize("text, start, reaches", [
+    ("I'd like to see a movie. Just a regular showing", "movie", False),  # starts inside a sentence
+    ("Book with Dr. Smith tomorrow", "Dr", True),  # an abbreviation ends no sentence
+    ("The case Roe v. Wade please", "Roe", True),
+    ("Send it: 'Dear Boss. The report is done.'", "Dear", True),  # a quoted message starts one
+])
+def test_a_text_value_that_starts_inside_a_sentence_ends_in_it(monkeypatch, text, start, reaches):
+    import needle_core.decoding as decoding
+
+    spec = to_tool_spec({"name": "find", "parameters": {"type": "object", "properties": {
+        "value": {"type": "string"}}, "required": ["value"]}})
+    rendered = RENDERER.render([{"role": "user", "content": text}], [spec])
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "SENTENCE_SPANS", rule)
+        decoder = CallDecoder(rendered, [spec])
+        s = next(int(p) for p in decoder.text_pos if rendered.span_text(p, p) == start)
+        last = max(rendered.offsets[e][1] for e in decoder.text_ends(s, 48))
+        assert (last > text.index(start) + 12) == (reaches or not rule)
+
+
 CHARTS = to_tool_spec({"name": "most_played", "parameters": {"type": "object", "properties": {
     "genre": {"type": "string"}, "region": {"type": "string"}}, "required": ["genre", "region"]}})
 
