@@ -1374,12 +1374,40 @@ def test_a_call_that_gives_the_whole_request_as_a_value_is_not_returned(monkeypa
         return decoder.calls()
 
     question = "What is the time now in New York City?"
+    monkeypatch.setattr(decoding, "REQUEST_START_VALUES", False)  # tested on its own below
     for rule in (True, False):
         monkeypatch.setattr(decoding, "WHOLE_REQUEST_VALUES", rule)
         assert (answer(question, longest=True) == []) == rule
     monkeypatch.setattr(decoding, "WHOLE_REQUEST_VALUES", True)
     assert answer(question, longest=False) == [{"name": "sunrise", "arguments": {"place": "What"}}]
     assert answer("London", longest=True) == [{"name": "sunrise", "arguments": {"place": "London"}}]
+
+
+def test_a_call_that_copies_the_start_of_the_request_is_not_returned(monkeypatch):
+    """"Help me find a movie" gives no place "Help" (REQUEST_START_VALUES); a value found later in
+    the request is kept, and so is the call where one is required."""
+    import needle_core.decoding as decoding
+
+    spec = to_tool_spec({"name": "restaurants", "parameters": {"type": "object", "properties": {
+        "place": {"type": "string"}}, "required": ["place"]}})
+
+    def answer(request: str, word: str, tool_choice: str = "auto") -> list[dict]:
+        rendered = RENDERER.render([{"role": "user", "content": request}], [spec])
+        decoder = CallDecoder(rendered, [spec], tool_choice=tool_choice)
+        start = next(int(p) for p in decoder.text_pos if rendered.span_text(p, p) == word)
+        for action in (rendered.tool_pos[0], rendered.param_pos[(0, ("place",))], start, start):
+            decoder.step(N_STRUCT + action)
+        decoder.step(END)
+        if not decoder.done:
+            decoder.step(STOP)
+        return [c["arguments"] for c in decoder.calls()]
+
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "REQUEST_START_VALUES", rule)
+        assert answer("Help me find a movie to watch please.", "Help") == ([] if rule else [{"place": "Help"}])
+        assert answer("  Help me find a movie", "Help") == ([] if rule else [{"place": "Help"}])
+        assert answer("Help me find a place in Paris", "Paris") == [{"place": "Paris"}]
+        assert answer("Help me find a movie", "Help", tool_choice="required") == [{"place": "Help"}]
 
 
 def test_two_text_arguments_do_not_copy_one_span(monkeypatch):
@@ -1447,6 +1475,7 @@ def test_no_call_where_the_tool_the_model_favours_cannot_be_called(monkeypatch):
         return logits
 
     names = {}
+    monkeypatch.setattr(decoding, "REQUEST_START_VALUES", False)  # this model copies the first word, "Book"
     for rule in (True, False):
         monkeypatch.setattr(decoding, "INFEASIBLE_FAVOURITE_STOPS", rule)
         (calls, _, _), = greedy_decode_batch([CallDecoder(rendered, [train, weather])], step_fn)
