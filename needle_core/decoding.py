@@ -1601,7 +1601,7 @@ class CallDecoder:
                 continue
             if WHOLE_REQUEST_VALUES and self.tool_choice == "auto" and self._gives_whole_request(call):
                 continue
-            if REQUEST_START_VALUES and self.tool_choice == "auto" and self._copies_request_start(spans, latest):
+            if REQUEST_START_VALUES and self.tool_choice == "auto" and self._copies_request_start(spans, item_spans, latest):
                 continue
             if ADDRESS_VALUES and self.tool_choice == "auto" and _gives_a_word_as_address(call):
                 continue
@@ -1620,16 +1620,17 @@ class CallDecoder:
             return False
         return any(isinstance(v, str) and _without_end_punctuation(v) == request for v in call["arguments"].values())
 
-    def _copies_request_start(self, spans: dict, latest: int | None) -> bool:
-        """A text argument of the call (``spans``: key -> copied span) starts at the first word of
-        the latest request: "help" of "help me", "Help" of "Help me find a movie", "What time" of
-        "What time is it?" (`REQUEST_START_VALUES`)."""
+    def _copies_request_start(self, spans: dict, item_spans: dict, latest: int | None) -> bool:
+        """A text argument or array item of the call (``spans``: key -> copied span; ``item_spans``:
+        key -> the items' spans) starts at the first word of the latest request: "help" of "help
+        me", "Help" of "Help me find a movie", "What time" of "What time is it?" (`REQUEST_START_VALUES`)."""
         if latest is None:
             return False
         text = self.r.segments[latest]
         first = len(text) - len(text.lstrip(" \t\n\"'“‘`"))
+        copied = list(spans.values()) + [span for items in item_spans.values() for span in items]
         return any(self.r.segment[start] == latest and self.r.offsets[start][0] == first
-                   and node.get("type") == "string" for start, _, node in spans.values())
+                   and node.get("type") == "string" for start, _, node in copied)
 
     def _array_anchors(self, call: dict, item_spans: dict, latest: int | None) -> dict:
         """For `complete_lists`: per top-level array argument, (maxItems, anchors of its items):

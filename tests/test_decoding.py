@@ -1384,8 +1384,8 @@ def test_a_call_that_gives_the_whole_request_as_a_value_is_not_returned(monkeypa
 
 
 def test_a_call_that_copies_the_start_of_the_request_is_not_returned(monkeypatch):
-    """"Help me find a movie" gives no place "Help" (REQUEST_START_VALUES); a value found later in
-    the request is kept, and so is the call where one is required."""
+    """"Help me find a movie" gives no place "Help" (REQUEST_START_VALUES), nor an array item; a
+    value found later in the request is kept, and so is the call where one is required."""
     import needle_core.decoding as decoding
 
     spec = to_tool_spec({"name": "restaurants", "parameters": {"type": "object", "properties": {
@@ -1408,6 +1408,18 @@ def test_a_call_that_copies_the_start_of_the_request_is_not_returned(monkeypatch
         assert answer("  Help me find a movie", "Help") == ([] if rule else [{"place": "Help"}])
         assert answer("Help me find a place in Paris", "Paris") == [{"place": "Paris"}]
         assert answer("Help me find a movie", "Help", tool_choice="required") == [{"place": "Help"}]
+
+    items = to_tool_spec({"name": "cost", "parameters": {"type": "object", "properties": {
+        "materials": {"type": "array", "items": {"type": "string"}}}, "required": ["materials"]}})
+    rendered = RENDERER.render([{"role": "user", "content": "Costs of wood and steel"}], [items])
+    for rule in (True, False):
+        monkeypatch.setattr(decoding, "REQUEST_START_VALUES", rule)
+        decoder = CallDecoder(rendered, [items])
+        first = next(int(p) for p in decoder.text_pos if rendered.span_text(p, p) == "Costs")
+        for action in (N_STRUCT + rendered.tool_pos[0], N_STRUCT + rendered.param_pos[(0, ("materials",))],
+                       LIST, N_STRUCT + first, N_STRUCT + first, END_LIST, END, STOP):
+            decoder.step(action)
+        assert decoder.calls() == ([] if rule else [{"name": "cost", "arguments": {"materials": ["Costs"]}}])
 
 
 def test_two_text_arguments_do_not_copy_one_span(monkeypatch):
