@@ -52,6 +52,23 @@ def test_prepare_features_marks_heldout_requests(tmp_path):
     assert not {c.lower() for c in held_cities} & train_words
 
 
+def test_needle_train_prepare_only_writes_features_and_trains_nothing(tmp_path):
+    """`needle train --prepare ... --prepare-only` (features made on a CPU, trained on a GPU machine):
+    the features and held-out requests are written, augmented with the seed given, and no run starts."""
+    from needle_core.cli import main
+
+    data = tmp_path / "all.jsonl"
+    data.write_text("".join(json.dumps(example(i, c)) + "\n" for i, c in enumerate(CITIES)))
+    config = tmp_path / "cfg.toml"
+    config.write_text(f'features = "{tmp_path / "f.npz"}"\nout_dir = "{tmp_path / "run"}"\nval_fraction = 0.25\n')
+    assert main(["train", "--config", str(config), "--prepare", str(data), "--augment", "1", "--seed", "3",
+                 "--prepare-only"]) == 0
+    assert len(FeatureSet.load(str(tmp_path / "f.npz"))) > len(CITIES)  # augmented copies
+    assert heldout_path(str(tmp_path / "f.npz")).exists() and not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit, match="--prepare-only needs --prepare"):
+        main(["train", "--config", str(config), "--prepare-only"])
+
+
 def test_features_without_a_split_warn_and_split_by_row():
     rows, _ = featurize_all([example(i, c) for i, c in enumerate(CITIES)], progress=False)
     with pytest.warns(UserWarning, match="no held-out split"):

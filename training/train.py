@@ -357,6 +357,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--prepare", nargs="*", metavar="JSONL",
                         help="first turn these canonical JSONL files into the config's features file")
     parser.add_argument("--augment", type=int, default=0, help="augmentation factor for --prepare")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="stop after --prepare (features made on this CPU, trained on a GPU machine)")
+    parser.add_argument("--seed", type=int, default=None, help="override the config's seed (augmentation and training)")
     parser.add_argument("--out-dir", default=None)
     parser.add_argument("--features", default=None, help="override the config's features file")
     parser.add_argument("--init-encoder", default=None, help="override the config's encoder folder")
@@ -367,11 +370,15 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     cfg = TrainConfig.from_file(args.config, out_dir=args.out_dir, max_steps=args.max_steps,
                                 max_minutes=args.max_minutes, features=args.features,
-                                init_encoder=args.init_encoder)
+                                init_encoder=args.init_encoder, seed=args.seed)
+    if args.prepare_only and not args.prepare:
+        raise SystemExit("--prepare-only needs --prepare JSONL [JSONL ...]")
     if args.prepare:
         stats = prepare_features(args.prepare, cfg.features, augment_factor=args.augment, seed=cfg.seed,
                                  pool_dir=cfg.extra.get("tool_pool"), val_fraction=cfg.val_fraction,
                                  augment_weights=cfg.augment_weights)
         print(json.dumps(stats, indent=1))
+        if args.prepare_only:
+            return 0
     train(cfg)
     return 0
