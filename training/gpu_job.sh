@@ -24,13 +24,17 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TQDM_MININTERVAL=20
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 RUNS=/tmp/needle_runs
 rm -rf "$RUNS" && mkdir -p "$RUNS"
+pids=()
 for cfg in "$@"; do
     name=$(basename "$cfg" .toml)
     python3 -m needle_core.cli train --config "$cfg" --out-dir "$RUNS/$name" --max-minutes "$MINUTES" \
         >"$RUNS/$name.log" 2>&1 &
+    pids+=($!)
 done
 status=0
-wait || status=$?
+for pid in "${pids[@]}"; do  # a bare `wait` returns 0 whatever the runs did
+    wait "$pid" || status=$?
+done
 for cfg in "$@"; do
     name=$(basename "$cfg" .toml)
     { echo "==== $name ($cfg)"; tr '\r' '\n' <"$RUNS/$name.log" | grep -v '^\s*$' | tail -n 60; } >>"$OUT/train.log"
