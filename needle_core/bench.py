@@ -71,13 +71,20 @@ def load_requests(n: int) -> list[tuple[str, list[dict]]]:
 
 
 # ---- helpers -----------------------------------------------------------------------------------------
+# CPU features that decide the int8 kernels (the same model name has come with and without them)
+INT8_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def machine_info() -> dict:
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as fh:
             for line in fh:
-                if line.lower().startswith("model name"):
+                key = line.split(":", 1)[0].strip().lower()
+                if key == "model name":
                     cpu = line.split(":", 1)[1].strip()
+                elif key == "flags":
+                    flags = set(line.split(":", 1)[1].split())
                     break
     except OSError:
         pass
@@ -87,7 +94,7 @@ def machine_info() -> dict:
         usable = os.cpu_count()
     import onnxruntime
 
-    return {"cpu": cpu, "logical_cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform(),
+    return {"cpu": cpu, "int8_features": [f for f in INT8_FEATURES if f in flags], "logical_cores": os.cpu_count(), "usable_cores": usable, "platform": platform.platform(),
             "python": platform.python_version(), "onnxruntime": onnxruntime.__version__, "numpy": np.__version__}
 
 
@@ -349,8 +356,11 @@ def _fmt(x: Any, digits: int = 2) -> str:
 def format_table(res: dict) -> str:
     rows: list[tuple[str, str]] = []
     lat = res["latency_ms"]
-    rows.append(("model", f"{res['model']['dir']} ({res['model'].get('precision') or '?'})"))
-    rows.append(("machine", f"{res['machine']['cpu']}, {res['machine']['usable_cores']} usable cores"))
+    kernel = res["model"].get("int8_kernel")
+    rows.append(("model", f"{res['model']['dir']} ({res['model'].get('precision') or '?'}"
+                          f"{f', int8 MatMuls run {kernel}' if kernel else ''})"))
+    features = ", ".join(res["machine"].get("int8_features") or []) or "not read"
+    rows.append(("machine", f"{res['machine']['cpu']} ({features}), {res['machine']['usable_cores']} usable cores"))
     rows.append(("requests", f"{lat['n']} BFCL simple_python"))
     rows.append(("latency per call, 1 thread", f"median {_fmt(lat['median'])} ms, p90 {_fmt(lat['p90'])} ms"))
     one = res["throughput"]["batch_1"]
@@ -404,7 +414,8 @@ def run(args: argparse.Namespace) -> int:
     needle = Needle(model_dir, threads=1)
     size_mb, files = dir_size_mb(model_dir)
     res: dict[str, Any] = {
-        "model": {"dir": str(model_dir), "precision": needle.engine.meta.get("precision"), "size_mb": size_mb,
+        "model": {"dir": str(model_dir), "precision": needle.engine.meta.get("precision"),
+                  "int8_kernel": needle.engine.int8_form, "size_mb": size_mb,
                   "files": files},
         "machine": machine_info(),
         "data": {"source": f"bfcl_eval/data/{BFCL_FILE}", "requests": len(cases), "warmup": args.warmup},

@@ -1,8 +1,8 @@
 """The ONNX Runtime engine: encode once, then constrained greedy decoding with a KV cache.
 
-Torch-free: numpy, onnxruntime and tokenizers only. Model folders hold ``encoder.onnx``,
-``decoder.onnx``, ``needle.json`` and ``manifest.json`` (SHA-256 of each file, checked before
-anything is loaded, so a corrupted or tampered file fails with a clear error). ONNX files are
+Torch-free: numpy, onnxruntime, onnx (int8 weights handed to this CPU's exact kernel) and
+tokenizers. Model folders hold ``encoder.onnx``, ``decoder.onnx``, ``needle.json`` and
+``manifest.json`` (SHA-256 of each file, checked before anything is loaded, so a corrupted or tampered file fails with a clear error). ONNX files are
 protobuf: loading them never unpickles.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 from needle_core.callformat import pad_ids
 from needle_core.decoding import CallDecoder, decoder_inputs, greedy_decode_batch
 from needle_core.errors import ModelFileError
+from needle_core.int8_kernels import graph_for_this_cpu
 
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "needle.json", "manifest.json")
 # /2: the decoder graph takes [B, n] steps (forced actions fed in bulk); /3: one K/V input and output
@@ -28,6 +29,16 @@ def cache_names(prefix: str, layers: int) -> list[str]:
     """Graph input/output names of a per-layer K/V cache, keys first: ``cross_k.0``, ``cross_k.1``,
     ..., ``cross_v.0``, ``cross_v.1``, ... (the order the graphs take and return them in)."""
     return [f"{prefix}_{kv}.{i}" for kv in "kv" for i in range(layers)]
+
+
+def _sha256_of_file(path: Path) -> str:
+    """Hashed in 1 MB blocks: a whole-file copy of the encoder, freed, would raise glibc's mmap
+    threshold and leave the sessions' buffers resident after load (see `_session`)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def verify_model_dir(model_dir: Path) -> dict:
@@ -43,7 +54,7 @@ def verify_model_dir(model_dir: Path) -> dict:
     except (ValueError, KeyError) as exc:
         raise ModelFileError(f"{model_dir / 'manifest.json'} is not a valid manifest: {exc}") from None
     for name, entry in files.items():
-        digest = hashlib.sha256((model_dir / name).read_bytes()).hexdigest()
+        digest = _sha256_of_file(model_dir / name)
         if digest != entry.get("sha256"):
             raise ModelFileError(f"{model_dir / name} does not match its SHA-256 in manifest.json "
                                  f"(corrupted or modified): expected {entry.get('sha256')}, got {digest}")
@@ -56,31 +67,51 @@ def verify_model_dir(model_dir: Path) -> dict:
 DECODER_THREADS = 1
 
 
-def _session(path: Path, threads: int):
-    """An ONNX Runtime CPU session on ``threads`` intra-op threads, all graph optimisations on."""
+def _session(path: Path, threads: int, signed_int8: bool | None = None):
+    """An ONNX Runtime CPU session on ``threads`` intra-op threads, all graph optimisations on, with
+    int8 weights in the form this CPU multiplies exactly and fastest; returns (session, that form)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph, form, changed = graph_for_this_cpu(path, signed_int8)
+    if not changed:  # as stored: onnxruntime reads the file itself
+        del graph
+        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), form
+    # `graph` is freed only after the session is built: freeing a buffer this large first raises
+    # glibc's mmap threshold, so the session's own large buffers land on the heap and stay in the
+    # process after they are freed (31 MB more resident memory after load, measured).
+    session = ort.InferenceSession(bytes(graph), opts, providers=["CPUExecutionProvider"])
+    # onnxruntime's Python wrapper keeps the model bytes for as long as the session lives (its own
+    # comment: "holding the memory indefinitely"), only to rebuild the session on a provider
+    # fallback, which a CPU-only session never takes.
+    if getattr(session, "_model_bytes", None) is not None:
+        session._model_bytes = None
+    del graph
+    return session, form
 
 
 class OnnxEngine:
-    """Runs the two exported graphs. Safe to share between threads (sessions are thread-safe)."""
+    """Runs the two exported graphs. Safe to share between threads (sessions are thread-safe).
 
-    def __init__(self, model_dir: str | Path, threads: int | None = None):
+    ``signed_int8``: run int8 weights as u8 x s8 (True) or u8 x u8 (False); None picks the form
+    this CPU multiplies exactly and fastest (`needle_core.int8_kernels`)."""
+
+    def __init__(self, model_dir: str | Path, threads: int | None = None, signed_int8: bool | None = None):
         self.model_dir = Path(model_dir)
         self.meta = verify_model_dir(self.model_dir)
         if self.meta.get("format") != MODEL_FORMAT:
             raise ModelFileError(f"{self.model_dir} holds format {self.meta.get('format')!r}; this engine runs "
                                  f"{MODEL_FORMAT!r} (re-export the checkpoint with `needle export`)")
-        self.encoder = _session(self.model_dir / "encoder.onnx", threads or min(os.cpu_count() or 1, 4))
+        self.encoder, encoder_form = _session(self.model_dir / "encoder.onnx", threads or min(os.cpu_count() or 1, 4),
+                                              signed_int8)
         # The decoder runs one step of a few small matrices per action: waking a thread pool for
         # each of its ~140 nodes costs more than it saves. With 2 threads for both graphs, a
         # BFCL simple call took 45 ms (median, 2-core VM) against 21-24 ms with the decoder on 1.
-        self.decoder = _session(self.model_dir / "decoder.onnx", DECODER_THREADS)
+        self.decoder, decoder_form = _session(self.model_dir / "decoder.onnx", DECODER_THREADS, signed_int8)
+        self.int8_form = encoder_form or decoder_form  # "u8 x s8", "u8 x u8", or "" (no int8 MatMuls)
         self.layers, self.heads = self.meta["decoder_layers"], self.meta["decoder_heads"]
         self.dh = self.meta["d_model"] // self.heads
 

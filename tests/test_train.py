@@ -77,6 +77,19 @@ def test_features_without_a_split_warn_and_split_by_row():
     assert "is_val" not in rows and np.all(FeatureSet(rows).lengths() > 0)
 
 
+def test_featurize_on_worker_processes_gives_the_rows_and_counts_of_one_process(monkeypatch):
+    """Chunks featurized on two spawned processes come back in input order, with the skip counts merged."""
+    import training.features as features
+
+    examples = [example(i, c) for i, c in enumerate(CITIES)]
+    examples[5]["calls"][0]["arguments"]["city"] = "Atlantis"  # unusable: counted, not kept
+    monkeypatch.setattr(features, "FEATURIZE_CHUNK", 3)
+    one, one_stats = featurize_all(examples, progress=False, workers=1)
+    two, two_stats = featurize_all(examples, progress=False, workers=2)
+    assert one_stats == two_stats and one_stats["kept"] == len(CITIES) - 1
+    assert one.keys() == two.keys() and all(np.array_equal(one[k], two[k]) for k in one)
+
+
 def test_unusable_examples_are_counted_by_reason_not_by_name():
     invented = [example(i, c) for i, c in enumerate(CITIES[:3])]
     for ex in invented:  # the teacher answered with a city the request never names

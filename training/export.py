@@ -252,8 +252,10 @@ def unsigned_int8_weights(path: str | Path) -> int:
     kernel for x86 CPUs without VNNI/AMX (AVX2's vpmaddubsw) saturates the 16-bit sum of two
     products, while u8 x u8 is exact everywhere. On a 2-core AMD EPYC (AVX2 only) the signed encoder's
     states were off by up to 0.49 (mean |state| 0.43) and 604 of the 3,475 BFCL answers differed
-    from the unsigned one's, which equals an exact float reference (README, "Precision"). Returns
-    the number of weights rewritten."""
+    from the unsigned one's, which equals an exact float reference (README, "Precision"). Models
+    ship in this form; the engine turns them back to signed at load time on CPUs whose u8 x s8
+    products are exact, where that path is faster (`needle_core.int8_kernels`). Returns the number
+    of weights rewritten."""
     import numpy as np
     import onnx
     from onnx import numpy_helper

@@ -323,13 +323,14 @@ def heldout_path(features_path: str) -> Path:
 
 def prepare_features(data_paths: list[str], out_path: str, augment_factor: int = 0, seed: int = 0,
                      pool_dir: str | None = None, val_fraction: float = 0.03,
-                     augment_weights: dict | None = None) -> dict:
+                     augment_weights: dict | None = None, workers: int = 0) -> dict:
     """Read canonical JSONL, hold out a share of the requests, augment each side on its own
     (label-preserving), featurize, save; returns the counts.
 
     The held-out requests are written as canonical JSONL beside the features (`heldout_path`):
     the training loop validates on their features and `needle calibrate` can fit on them, both
-    on requests the model never trained on in any augmented form."""
+    on requests the model never trained on in any augmented form. ``workers``: featurizing
+    processes (0: one per CPU)."""
     from training.data import read_jsonl, split_by_request, write_jsonl
     from training.features import concat, featurize_all, save_features
 
@@ -342,8 +343,8 @@ def prepare_features(data_paths: list[str], out_path: str, augment_factor: int =
         pool = load_tool_pool(pool_dir) if pool_dir else None
         train_examples = augment(train_examples, factor=augment_factor, seed=seed, pool=pool, weights=augment_weights)
         heldout = augment(heldout, factor=augment_factor, seed=seed + 1, pool=pool, weights=augment_weights)
-    packed, stats = featurize_all(train_examples)
-    packed_val, stats_val = featurize_all(heldout)
+    packed, stats = featurize_all(train_examples, workers=workers)
+    packed_val, stats_val = featurize_all(heldout, workers=workers)
     merged = concat([packed, packed_val])
     merged["is_val"] = np.repeat(np.array([0, 1], np.uint8), [len(FeatureSet(packed)), len(FeatureSet(packed_val))])
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
