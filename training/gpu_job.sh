@@ -4,8 +4,12 @@
 #   bash training/gpu_job.sh CONFIG.toml [CONFIG.toml ...]
 #
 # Each config trains in its own process, side by side on the one GPU (a 27M-parameter student
-# leaves most of an H200 idle, so two runs cost little more than one). The run with the best
-# held-out exact-sequence accuracy comes back; every run's log comes back in train.log.
+# leaves most of an H200 idle, so two runs cost little more than one). Each run is then exported
+# and decoded on its config's held-out requests (`needle eval heldout`, the set decoding rules are
+# chosen on, never BFCL); the run that decodes the most of them right comes back. Where export or
+# decoding cannot run on that machine, the run with the best teacher-forced exact-sequence
+# accuracy comes back instead (which once picked the run that decoded worse), and train.log says so.
+# Every run's log comes back in train.log, the held-out scores in heldout.json.
 # Carried beside the tree: the features file the configs name (`needle train --prepare`, kept
 # under the git-ignored .carry/), the wheels in $WHEELS (pydantic and jsonschema for the machine's
 # Python; empty to skip), and for a fresh start the MiniLM encoder folder the config names
@@ -40,6 +44,16 @@ for cfg in "$@"; do
     { echo "==== $name ($cfg)"; tr '\r' '\n' <"$RUNS/$name.log" | grep -v '^\s*$' | tail -n 60; } >>"$OUT/train.log"
 done
 [ "$status" = 0 ] || echo "a training run failed (exit $status); see train.log" >&2
+for cfg in "$@"; do  # decode each finished run on its held-out requests
+    name=$(basename "$cfg" .toml)
+    [ -f "$RUNS/$name/checkpoint/model.safetensors" ] || continue
+    heldout=$(python3 -c "import sys; from training.train import TrainConfig, heldout_path; \
+print(heldout_path(TrainConfig.from_file(sys.argv[1]).features))" "$cfg")
+    { python3 -m needle_core.cli export "$RUNS/$name/checkpoint" --out "$RUNS/$name/model" &&
+      python3 -m needle_core.cli eval heldout --model "$RUNS/$name/model" --data "$heldout" \
+          --out "$RUNS/$name/heldout" --no-progress; } >>"$OUT/train.log" 2>&1 ||
+        echo "==== $name: export or held-out decoding failed here (see above)" >>"$OUT/train.log"
+done
 python3 - "$RUNS" "$OUT" <<'PY'
 import json, shutil, sys
 from pathlib import Path
@@ -50,16 +64,25 @@ results = []
 for state_file in sorted(runs.glob("*/checkpoint/trainer_state.json")):
     state = json.loads(state_file.read_text())
     final = [h for h in state["history"] if "val_exact" in h][-1]
-    results.append((final["val_exact"], -final["val_loss"], state_file.parent, state))
+    scores = state_file.parent.parent / "heldout" / "heldout_results.json"
+    decoded = json.loads(scores.read_text())["correct"] if scores.exists() else None
+    results.append({"run": state_file.parent.parent.name, "decoded": decoded, "val_exact": final["val_exact"],
+                    "val_loss": final["val_loss"], "checkpoint": state_file.parent, "state": state})
     print(f"{state_file.parent.parent.name}: step {state['step']}, examples {state['examples']}, "
-          f"{state.get('train_minutes', 0):.1f} min, " + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
+          f"{state.get('train_minutes', 0):.1f} min, held-out decoded {decoded}, "
+          + ", ".join(f"{k} {v:.4f}" for k, v in final.items()))
 if not results:
     sys.exit("no run finished with a checkpoint")
-_, _, best, state = max(results, key=lambda r: r[:2])
-print(f"best: {best.parent.name}")
+by_decoding = all(r["decoded"] is not None for r in results)
+best = max(results, key=lambda r: (r["decoded"], r["val_exact"]) if by_decoding else (r["val_exact"], -r["val_loss"]))
+print(f"best: {best['run']} (chosen by {'held-out requests decoded' if by_decoding else 'teacher-forced val_exact'})")
+(out / "heldout.json").write_text(json.dumps(
+    {"chosen": best["run"], "chosen_by": "heldout_decoded" if by_decoding else "val_exact",
+     "runs": [{k: r[k] for k in ("run", "decoded", "val_exact", "val_loss")} for r in results]}, indent=1))
+best, state = best["checkpoint"], best["state"]
 NeedleForToolCalling.from_pretrained(str(best)).half().save_pretrained(runs / "fp16", safe_serialization=True)
 shutil.copy(runs / "fp16" / "config.json", out / "config.json")
-state["chosen_from"] = [r[2].parent.name for r in results]
+state["chosen_from"] = [r["run"] for r in results]
 (out / "trainer_state.json").write_text(json.dumps(state, indent=1))
 shutil.copy(best.parent / "loss_curve.png", out / "loss_curve.png")
 PY
