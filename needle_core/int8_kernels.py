@@ -161,12 +161,15 @@ def signed_products_exact() -> bool:
 
     rng = np.random.default_rng(0)
     weights = rng.choice(np.array([127, 126, -128, -127, 5, -3], np.int8), size=(256, 32))
-    session = ort.InferenceSession(_probe_model(weights), providers=["CPUExecutionProvider"])
     activations = np.full((8, 256), 255, np.uint8)
     activations[4:] = rng.integers(0, 256, (4, 256))
     exact = activations.astype(np.int64) @ weights.astype(np.int64)
-    return all(np.array_equal(session.run(None, {"a": activations[rows]})[0], exact[rows])
-               for rows in (slice(0, 1), slice(0, 8)))
+    try:
+        session = ort.InferenceSession(_probe_model(weights), providers=["CPUExecutionProvider"])
+        return all(np.array_equal(session.run(None, {"a": activations[rows]})[0], exact[rows])
+                   for rows in (slice(0, 1), slice(0, 8)))
+    except Exception:  # noqa: BLE001  an ONNX Runtime that cannot run the probe keeps the stored form
+        return False
 
 
 def graph_for_this_cpu(path, signed: bool | None = None) -> tuple[bytearray, str, bool]:

@@ -126,3 +126,19 @@ def test_every_form_of_the_bundled_model_gives_the_same_states():
     a, b = stored.encode(ids), turned.encode(ids)
     for key in ("enc", "ptr_keys"):
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_probe_that_cannot_run_keeps_the_stored_form(monkeypatch):
+    """Whatever ONNX Runtime build is installed, a failing probe means "not exact": the model loads
+    and runs its weights as stored."""
+    import onnxruntime as ort
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no MatMulInteger here")
+
+    monkeypatch.setattr(ort, "InferenceSession", refuse)
+    int8_kernels.signed_products_exact.cache_clear()
+    try:
+        assert int8_kernels.signed_products_exact() is False
+    finally:
+        int8_kernels.signed_products_exact.cache_clear()
