@@ -283,19 +283,23 @@ def _rss_probe(model_dir: str, n: int) -> None:
 
     cases = load_requests(n)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
     needle = Needle(model_dir, threads=1)
+    load_s = time.perf_counter() - t0
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for text, tools in cases:
         needle.call(text, tools)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     out = {"interpreter_mb": base / scale, "after_load_mb": loaded / scale, "peak_rss_mb": peak / scale,
-           "calls": len(cases)}
-    try:  # Linux: the high-water mark of this process image alone (ru_maxrss survives exec)
+           "calls": len(cases), "load_s": load_s}
+    try:  # Linux: the high-water mark of this process image alone (ru_maxrss survives exec), and what
+        # stays resident after the calls (the load's transient buffers are gone by then)
         with open("/proc/self/status", encoding="utf-8") as fh:
-            hwm = next(line for line in fh if line.startswith("VmHWM:"))
-        out["vm_hwm_mb"] = int(hwm.split()[1]) / 1024
-    except (OSError, StopIteration, ValueError):
+            status = {line.split(":")[0]: line.split()[1] for line in fh if line.startswith(("VmHWM:", "VmRSS:"))}
+        out["vm_hwm_mb"] = int(status["VmHWM"]) / 1024
+        out["resident_after_calls_mb"] = int(status["VmRSS"]) / 1024
+    except (OSError, KeyError, ValueError):
         pass
     print(json.dumps(out))
 
@@ -387,8 +391,12 @@ def format_table(res: dict) -> str:
     rows.append(("model size on disk", f"{_fmt(res['model']['size_mb'], 1)} MB"))
     mem = res.get("memory") or {}
     if "peak_rss_mb" in mem:
+        resident = (f", {_fmt(mem['resident_after_calls_mb'], 0)} MB resident after {mem['calls']} calls"
+                    if "resident_after_calls_mb" in mem else "")
         rows.append(("peak resident memory", f"{_fmt(mem['peak_rss_mb'], 0)} MB, fresh process "
-                                             f"(interpreter + imports {_fmt(mem['interpreter_mb'], 0)} MB)"))
+                                             f"(interpreter + imports {_fmt(mem['interpreter_mb'], 0)} MB{resident})"))
+        if "load_s" in mem:
+            rows.append(("load time", f"{_fmt(mem['load_s'], 2)} s (Needle() in a fresh process, imports excluded)"))
     elif "error" in mem:
         rows.append(("peak resident memory", "failed (see JSON)"))
     torch_res = res.get("torch")
