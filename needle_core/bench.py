@@ -10,7 +10,8 @@ evaluation does (`training.evaluate.bfcl_tool`). Measured, after a warm-up:
   decoder always runs on 1, see `needle_core.engine`), and the latency of batch 1; and calls per
   second with 2 threads sharing one `Needle` on 1 ONNX Runtime thread each. ``call_batch``
   takes one toolset per batch, so a batch of B requests is sent with the union of their B
-  functions (the single-call figures use each request's own function);
+  functions (the single-call figures use each request's own function); it runs each request as
+  if called alone (`Needle.call_batch` says why), so it gains only the toolset converted once;
 * encoder tokens per second and decoder steps per second (1 thread, one request at a time);
 * the constrained state machine's own cost per step: the time spent in `CallDecoder.allowed`
   and `CallDecoder.step` alone, with the decoders driven by random scores (no model);
@@ -299,6 +300,7 @@ def _rss_probe(model_dir: str, n: int) -> None:
             status = {line.split(":")[0]: line.split()[1] for line in fh if line.startswith(("VmHWM:", "VmRSS:"))}
         out["vm_hwm_mb"] = int(status["VmHWM"]) / 1024
         out["resident_after_calls_mb"] = int(status["VmRSS"]) / 1024
+        out["peak_rss_mb"] = out["vm_hwm_mb"]  # ru_maxrss starts at the parent's own peak
     except (OSError, KeyError, ValueError):
         pass
     print(json.dumps(out))

@@ -313,6 +313,16 @@ def test_two_models_coexist(needle, tmp_path):
             assert theirs.calls, q
 
 
+def test_a_batch_answers_each_request_as_if_called_alone(needle):
+    """`call_batch` gives every request the calls and the confidence `call` gives it: no other
+    request of the batch changes its answer (batched int8 encoding did, through shared scales)."""
+    alone = [needle.call(q, tools=TOOLS) for q in REQUESTS]
+    batched = needle.call_batch(REQUESTS, tools=TOOLS)
+    assert [summary(r) for r in batched] == [summary(r) for r in alone]
+    assert [r.confidence for r in batched] == pytest.approx([r.confidence for r in alone], abs=1e-9)
+    assert needle.call_batch([], tools=TOOLS) == []
+
+
 # ---- validity and safety ---------------------------------------------------------------------------------
 def _bfcl_cases(n: int) -> list[tuple[str, list[dict]]]:
     try:
