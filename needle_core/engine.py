@@ -116,18 +116,23 @@ class OnnxEngine:
         self.dh = self.meta["d_model"] // self.heads
 
     def encode(self, id_lists: list[list[int]]) -> dict:
-        """Encoder states, pointer keys and per-layer cross-attention keys/values (lists)."""
+        """Encoder states, pointer keys and per-layer cross-attention keys/values (lists).
+
+        The rows of one call share the int8 MatMuls' activation scales (one per input matrix), so
+        a row's states depend on the other rows: `Needle` and `embed` pass one row at a time."""
         ids, mask = pad_ids(id_lists)
         enc, *cross, ptr_keys = self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})
         return {"enc": enc, "attention_mask": mask, "cross_k": cross[:self.layers], "cross_v": cross[self.layers:],
                 "ptr_keys": ptr_keys}
 
     def embed(self, id_lists: list[list[int]]) -> np.ndarray:
-        """Mean-pooled, normalised encoder states: the model's own embeddings, for tool retrieval."""
-        out = self.encode(id_lists)
-        m = out["attention_mask"][..., None].astype(np.float32)
-        vec = (out["enc"] * m).sum(1) / np.maximum(m.sum(1), 1)
-        return vec / np.maximum(np.linalg.norm(vec, axis=-1, keepdims=True), 1e-9)
+        """Mean-pooled, normalised encoder states, one text per run: the model's own embeddings,
+        for tool retrieval. One at a time so that a tool's embedding (cached by `Needle`) does not
+        depend on which tools were embedded beside it: in batches of 64 it did, by up to 0.035,
+        for 3.0 s per 1,000 tool texts against 3.4 s one by one (`runs/s21/embed_time.py`)."""
+        vecs = np.stack([self.encode([ids])["enc"][0].mean(0) for ids in id_lists]) if id_lists else \
+            np.zeros((0, self.meta["d_model"]), np.float32)
+        return vecs / np.maximum(np.linalg.norm(vecs, axis=-1, keepdims=True), 1e-9)
 
     def decode(self, decoders: list[CallDecoder], encoded: dict, max_steps: int = 256):
         """Constrained greedy decoding of a batch; returns [(calls, logprob, steps)]."""

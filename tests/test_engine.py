@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 
 from needle_core.api import bundled_model_dir
@@ -321,6 +322,19 @@ def test_a_batch_answers_each_request_as_if_called_alone(needle):
     assert [summary(r) for r in batched] == [summary(r) for r in alone]
     assert [r.confidence for r in batched] == pytest.approx([r.confidence for r in alone], abs=1e-9)
     assert needle.call_batch([], tools=TOOLS) == []
+
+
+def test_a_tool_embedding_does_not_depend_on_the_texts_beside_it(needle):
+    """Retrieval embeddings are cached per tool, so they must not depend on which tools were
+    embedded in the same run (batched int8 encoding shared activation scales across rows)."""
+    tok = needle.renderer.tok
+    texts = ["get_weather : Get the current weather for a city.", "send_email : " + "Send a long email. " * 20,
+             "set_timer : Start a countdown timer."]
+    ids = [[101] + tok.encode(t, add_special_tokens=False).ids + [102] for t in texts]
+    together = needle.engine.embed(ids)
+    for i, row in enumerate(ids):
+        assert np.array_equal(needle.engine.embed([row])[0], together[i])
+    assert needle.engine.embed([]).shape == (0, together.shape[1])
 
 
 # ---- validity and safety ---------------------------------------------------------------------------------
