@@ -109,35 +109,37 @@ class Needle:
         specs, spec_cuts = _clip_descriptions(specs)
         t_conv = time.perf_counter()
         convert_ms = (t_conv - t0) * 1e3 / max(len(requests), 1)
-        results = []
-        for req in requests:
-            t_start = time.perf_counter()
-            messages, cut = self._clip(normalize_messages(req))
-            r = self.renderer.render(messages, specs,
-                                     rank_tools=lambda idx, m=messages: self._rank_tools(m, specs, idx, choice))
-            warn = spec_cuts + cut + r.warnings
-            t_render = time.perf_counter()
-            encoded = self.engine.encode([r.ids])
-            t_enc = time.perf_counter()
-            decoder = CallDecoder(r, specs, tool_choice=choice, max_calls=self.max_calls)
-            (calls, logp, steps), = self.engine.decode([decoder], encoded, max_steps=self.max_steps)
-            t_dec = time.perf_counter()
-            checked = []
-            for call in calls:
-                try:
-                    args = validate_call(call["name"], call["arguments"], specs)
-                except ToolCallError as exc:  # the state machine should make this unreachable
-                    warn.append(f"dropped a call that failed validation: {exc}")
-                    continue
-                checked.append(ToolCall(name=call["name"], arguments=args))
-            if choice == "required" and not checked:
-                warn.append("tool_choice requires a call, but no tool's required arguments can be formed from the request")
-            timings = {"convert_ms": convert_ms, "render_ms": (t_render - t_start) * 1e3,
-                       "encode_ms": (t_enc - t_render) * 1e3, "decode_ms": (t_dec - t_enc) * 1e3,
-                       "total_ms": convert_ms + (time.perf_counter() - t_start) * 1e3, "decode_steps": float(steps)}
-            results.append(NeedleResult(calls=checked, confidence=self.confidence(logp), logprob=logp, timings=timings,
-                                        warnings=warn))
-        return results
+        return [self._answer(req, specs, choice, spec_cuts, convert_ms) for req in requests]
+
+    def _answer(self, request: Any, specs: list[ToolSpec], choice: str, warnings: list[str],
+                convert_ms: float) -> NeedleResult:
+        """One request against converted tools: render, encode, decode, validate."""
+        t_start = time.perf_counter()
+        messages, cut = self._clip(normalize_messages(request))
+        r = self.renderer.render(messages, specs,
+                                 rank_tools=lambda idx: self._rank_tools(messages, specs, idx, choice))
+        warn = warnings + cut + r.warnings
+        t_render = time.perf_counter()
+        encoded = self.engine.encode([r.ids])
+        t_enc = time.perf_counter()
+        decoder = CallDecoder(r, specs, tool_choice=choice, max_calls=self.max_calls)
+        (calls, logp, steps), = self.engine.decode([decoder], encoded, max_steps=self.max_steps)
+        t_dec = time.perf_counter()
+        checked = []
+        for call in calls:
+            try:
+                args = validate_call(call["name"], call["arguments"], specs)
+            except ToolCallError as exc:  # the state machine should make this unreachable
+                warn.append(f"dropped a call that failed validation: {exc}")
+                continue
+            checked.append(ToolCall(name=call["name"], arguments=args))
+        if choice == "required" and not checked:
+            warn.append("tool_choice requires a call, but no tool's required arguments can be formed from the request")
+        timings = {"convert_ms": convert_ms, "render_ms": (t_render - t_start) * 1e3,
+                   "encode_ms": (t_enc - t_render) * 1e3, "decode_ms": (t_dec - t_enc) * 1e3,
+                   "total_ms": convert_ms + (time.perf_counter() - t_start) * 1e3, "decode_steps": float(steps)}
+        return NeedleResult(calls=checked, confidence=self.confidence(logp), logprob=logp, timings=timings,
+                            warnings=warn)
 
     def confidence(self, logp: float) -> float:
         """Probability that the decision is right: Platt-scaled sequence log-probability when the

@@ -1,9 +1,10 @@
 """The ONNX Runtime engine: encode once, then constrained greedy decoding with a KV cache.
 
-Torch-free: numpy, onnxruntime, onnx (int8 weights handed to this CPU's exact kernel) and
-tokenizers. Model folders hold ``encoder.onnx``, ``decoder.onnx``, ``needle.json`` and
-``manifest.json`` (SHA-256 of each file, checked before anything is loaded, so a corrupted or tampered file fails with a clear error). ONNX files are
-protobuf: loading them never unpickles.
+Torch-free: numpy, onnxruntime and tokenizers only. Model folders hold ``encoder.onnx``,
+``decoder.onnx``, ``needle.json`` and ``manifest.json`` (SHA-256 of each file, checked before
+anything is loaded, so a corrupted or tampered file fails with a clear error). ONNX files are
+protobuf: loading them never unpickles. int8 weights run in the form this CPU multiplies exactly
+and fastest (`needle_core.int8_kernels`).
 """
 from __future__ import annotations
 
