@@ -34,7 +34,7 @@ def cache_names(prefix: str, layers: int) -> list[str]:
 
 def _sha256_of_file(path: Path) -> str:
     """Hashed in 1 MB blocks: a whole-file copy of the encoder, freed, would raise glibc's mmap
-    threshold and leave the sessions' buffers resident after load (see `_session`)."""
+    threshold and leave the sessions' load buffers resident (see `graph_for_this_cpu`)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -77,20 +77,15 @@ def _session(path: Path, threads: int, signed_int8: bool | None = None):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    graph, form, changed = graph_for_this_cpu(path, signed_int8)
-    if not changed:  # as stored: onnxruntime reads the file itself
-        del graph
+    graph, form = graph_for_this_cpu(path, signed_int8)
+    if graph is None:  # as stored: onnxruntime reads the file itself
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]), form
-    # `graph` is freed only after the session is built: freeing a buffer this large first raises
-    # glibc's mmap threshold, so the session's own large buffers land on the heap and stay in the
-    # process after they are freed (31 MB more resident memory after load, measured).
-    session = ort.InferenceSession(bytes(graph), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
     # onnxruntime's Python wrapper keeps the model bytes for as long as the session lives (its own
     # comment: "holding the memory indefinitely"), only to rebuild the session on a provider
     # fallback, which a CPU-only session never takes.
     if getattr(session, "_model_bytes", None) is not None:
         session._model_bytes = None
-    del graph
     return session, form
 
 

@@ -17,6 +17,7 @@ takes ~0.6 s, and a parsed copy of the encoder would cost its size again in memo
 """
 from __future__ import annotations
 
+import mmap
 import os
 from functools import lru_cache
 
@@ -103,7 +104,7 @@ def _int8_weights(data) -> tuple[list[tuple[int, int, int, int]], bool]:
     return found, in_place and not wanted
 
 
-def turn_signed_in_place(data: bytearray) -> int:
+def turn_signed_in_place(data) -> int:
     """Turn a graph's uint8 ``MatMulInteger`` weights and zero points int8 (each moved by -128) in
     place; returns how many tensors changed (0: none unsigned, or a form `_int8_weights` does not cover)."""
     weights, in_place = _int8_weights(data)
@@ -172,18 +173,24 @@ def signed_products_exact() -> bool:
         return False
 
 
-def graph_for_this_cpu(path, signed: bool | None = None) -> tuple[bytearray, str, bool]:
-    """An ONNX graph file's bytes with its int8 MatMul weights in the form to run here, the form it
-    runs ("u8 x s8", "u8 x u8", or "" for a graph without int8 MatMuls), and whether the bytes differ
-    from the file's. ``signed``: True turns unsigned weights signed, False runs the graph as stored,
-    None (default) turns them signed where `signed_products_exact`. The file is read once, straight
-    into the buffer that is changed."""
-    with open(path, "rb") as fh:
-        data = bytearray(os.fstat(fh.fileno()).st_size)
+def graph_for_this_cpu(path, signed: bool | None = None) -> tuple[bytes | None, str]:
+    """The bytes of an ONNX graph file with its int8 MatMul weights turned into the form to run
+    here, or None where the file runs as stored; and the form it runs ("u8 x s8", "u8 x u8", or ""
+    for a graph without int8 MatMuls). ``signed``: True turns unsigned weights signed, False runs
+    the graph as stored, None (default) turns them signed where `signed_products_exact`.
+
+    The file is read into an anonymous memory map, changed there and copied out once. A map, not a
+    heap buffer: unmapping it leaves glibc's allocator as it was, while freeing a heap buffer this
+    large raises glibc's mmap threshold, after which ONNX Runtime's own load buffers stayed
+    resident (31 MB more after load, measured)."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as fh, mmap.mmap(-1, max(size, 1)) as data:
         fh.readinto(data)
-    changed = 0
-    if b"MatMulInteger" in data and (signed or (signed is None and signed_products_exact())):
-        changed = turn_signed_in_place(data)
-    weights = _int8_weights(data)[0] if b"MatMulInteger" in data else []
-    form = "" if not weights else "u8 x u8" if any(w[1] == _UINT8 for w in weights) else "u8 x s8"
-    return data, form, changed > 0
+        view = memoryview(data)[:size]
+        has_int8 = data.find(b"MatMulInteger", 0, size) >= 0
+        changed = has_int8 and (signed or (signed is None and signed_products_exact())) and turn_signed_in_place(view)
+        weights = _int8_weights(view)[0] if has_int8 else []
+        form = "" if not weights else "u8 x u8" if any(w[1] == _UINT8 for w in weights) else "u8 x s8"
+        turned = bytes(view) if changed else None
+        view.release()
+    return turned, form
