@@ -72,21 +72,25 @@ def _sub(buf, start: int, end: int, field: int) -> list[tuple[int, int]]:
 def _int8_weights(data) -> tuple[list[tuple[int, int, int, int]], bool]:
     """(data_type byte position, data_type, raw_data start, end) of every ``MatMulInteger`` weight and
     zero point that is an initializer, and whether an in-place rewrite covers them all (not when a
-    MatMul has no zero point, which would have to be added, or a weight is not in raw_data)."""
+    MatMul has no zero point, which would have to be added, a weight is not in raw_data, or another
+    kind of node reads one of them too)."""
     buf = memoryview(data)
     graph = _sub(buf, 0, len(buf), _MODEL_GRAPH)
     if len(graph) != 1:
         return [], False
     g_start, g_end = graph[0]
     wanted: set[bytes] = set()
+    used_elsewhere: set[bytes] = set()  # inputs of other nodes: a tensor they share must keep its type
     in_place = True
     for n_start, n_end in _sub(buf, g_start, g_end, _GRAPH_NODE):
         op_type = b"".join(bytes(buf[s:e]) for s, e in _sub(buf, n_start, n_end, _NODE_OP_TYPE))
-        if op_type != b"MatMulInteger":
-            continue
         inputs = [bytes(buf[s:e]) for s, e in _sub(buf, n_start, n_end, _NODE_INPUT)]
+        if op_type != b"MatMulInteger":
+            used_elsewhere.update(inputs)
+            continue
         in_place &= len(inputs) > 3 and bool(inputs[3])
         wanted.update(inputs[1:2] + inputs[3:4])
+    in_place &= not wanted & used_elsewhere
     found = []
     for t_start, t_end in _sub(buf, g_start, g_end, _GRAPH_INITIALIZER):
         name = dtype_pos = dtype = raw = None

@@ -92,6 +92,19 @@ def test_a_matmul_without_zero_point_is_left_as_stored(tmp_path):
     assert int8_kernels.graph_for_this_cpu(path, signed=True) == (None, "u8 x s8")  # runs as stored
 
 
+def test_a_weight_another_node_reads_too_is_left_as_stored(tmp_path):
+    """Turning a tensor signed would break a node of another kind that reads it (its input types)."""
+    path = tmp_path / "mm.onnx"
+    _matmul_model(path, with_zero_point=True)
+    unsigned_int8_weights(path)
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("Identity", [model.graph.node[0].input[3]], ["zero_copy"]))
+    model.graph.output.append(helper.make_tensor_value_info("zero_copy", TensorProto.UINT8, [8]))
+    data = bytearray(model.SerializeToString())
+    assert int8_kernels.turn_signed_in_place(data) == 0
+    assert bytes(data) == model.SerializeToString()
+
+
 def test_the_probe_is_a_valid_model_and_answers_for_this_cpu():
     """The hand-written probe model passes the ONNX checker and computes exact products where the
     probe says u8 x s8 is exact; the u8 x u8 form is exact on every CPU."""
