@@ -112,7 +112,12 @@ def turn_signed_in_place(data) -> int:
     """Turn a graph's uint8 ``MatMulInteger`` weights and zero points int8 (each moved by -128) in
     place; returns how many tensors changed (0: none unsigned, or a form `_int8_weights` does not cover)."""
     weights, in_place = _int8_weights(data)
-    unsigned = [w for w in weights if w[1] == _UINT8] if in_place else []
+    return _turn_signed(data, weights) if in_place else 0
+
+
+def _turn_signed(data, weights: list[tuple[int, int, int, int]]) -> int:
+    """Turn the uint8 tensors among `_int8_weights`' ``weights`` int8 in ``data``; returns how many."""
+    unsigned = [w for w in weights if w[1] == _UINT8]
     as_array = np.frombuffer(data, np.uint8)
     for dtype_pos, _, start, end in unsigned:
         data[dtype_pos] = _INT8  # a one-byte varint either way
@@ -191,10 +196,10 @@ def graph_for_this_cpu(path, signed: bool | None = None) -> tuple[bytes | None, 
     with open(path, "rb") as fh, mmap.mmap(-1, max(size, 1)) as data:
         fh.readinto(data)
         view = memoryview(data)[:size]
-        has_int8 = data.find(b"MatMulInteger", 0, size) >= 0
-        changed = has_int8 and (signed or (signed is None and signed_products_exact())) and turn_signed_in_place(view)
-        weights = _int8_weights(view)[0] if has_int8 else []
-        form = "" if not weights else "u8 x u8" if any(w[1] == _UINT8 for w in weights) else "u8 x s8"
-        turned = bytes(view) if changed else None
+        weights, in_place = _int8_weights(view)
+        unsigned = any(w[1] == _UINT8 for w in weights)
+        turn = in_place and unsigned and (signed or (signed is None and signed_products_exact()))
+        turned = bytes(view) if turn and _turn_signed(view, weights) else None
         view.release()
+    form = "" if not weights else "u8 x u8" if unsigned and turned is None else "u8 x s8"
     return turned, form
