@@ -111,14 +111,15 @@ class Needle:
         convert_ms = (t_conv - t0) * 1e3 / max(len(requests), 1)
         return [self._answer(req, specs, choice, spec_cuts, convert_ms) for req in requests]
 
-    def _answer(self, request: Any, specs: list[ToolSpec], choice: str, warnings: list[str],
+    def _answer(self, request: Any, specs: list[ToolSpec], choice: str, spec_warnings: list[str],
                 convert_ms: float) -> NeedleResult:
-        """One request against converted tools: render, encode, decode, validate."""
+        """One request against converted tools (``spec_warnings``: what converting them cut):
+        render, encode, decode, validate."""
         t_start = time.perf_counter()
         messages, cut = self._clip(normalize_messages(request))
         r = self.renderer.render(messages, specs,
                                  rank_tools=lambda idx: self._rank_tools(messages, specs, idx, choice))
-        warn = warnings + cut + r.warnings
+        warn = spec_warnings + cut + r.warnings
         t_render = time.perf_counter()
         encoded = self.engine.encode([r.ids])
         t_enc = time.perf_counter()
@@ -169,13 +170,12 @@ class Needle:
         query = " ".join(m["content"] for m in messages if m["role"] in ("user", "system"))[-2000:]
         keys = [specs[i].key for i in indices]
         missing = [(k, specs[i]) for k, i in dict(zip(keys, indices)).items() if k not in self._embed_cache]
-        for start in range(0, len(missing), 64):
-            chunk = missing[start: start + 64]
-            texts = [f"{spec.name} : {spec.description}"[:1000] for _, spec in chunk]
+        if missing:  # `embed` runs one text at a time, so batching here would change nothing
+            texts = [f"{spec.name} : {spec.description}"[:1000] for _, spec in missing]
             ids = [[101] + e.ids[:126] + [102] for e in tok.encode_batch(texts, add_special_tokens=False)]
             vecs = self.engine.embed(ids)
             with self._lock:
-                self._embed_cache.update(zip([k for k, _ in chunk], vecs))
+                self._embed_cache.update(zip([k for k, _ in missing], vecs))
         q = tok.encode(query, add_special_tokens=False).ids[:254]
         qv = self.engine.embed([[101] + q + [102]])[0]
         scores = [float(self._embed_cache[k] @ qv) for k in keys]

@@ -62,9 +62,10 @@ def _start_worker(max_len: int) -> None:
     _worker_renderer = Renderer(max_len=max_len)
 
 
-def _featurize_chunk(chunk: list[dict]) -> tuple[list[dict | None], Counter]:
+def _featurize_chunk(chunk: list[dict], renderer: Renderer | None = None) -> tuple[list[dict | None], Counter]:
+    """One chunk's rows (None where unusable) and counts; in a worker, with its own renderer."""
     stats: Counter = Counter()
-    return [featurize(ex, _worker_renderer, stats) for ex in chunk], stats
+    return [featurize(ex, renderer or _worker_renderer, stats) for ex in chunk], stats
 
 
 def featurize_all(examples, max_len: int = 512, progress: bool = True, workers: int = 1) -> tuple[dict, Counter]:
@@ -85,9 +86,9 @@ def featurize_all(examples, max_len: int = 512, progress: bool = True, workers: 
             pool = stack.enter_context(ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
                                                            initializer=_start_worker, initargs=(max_len,)))
             results = pool.map(_featurize_chunk, chunks)
-        else:
-            _start_worker(max_len)
-            results = map(_featurize_chunk, chunks)
+        else:  # in this process: no module state touched
+            renderer = Renderer(max_len=max_len)
+            results = (_featurize_chunk(chunk, renderer) for chunk in chunks)
         for chunk_rows, chunk_stats in results:
             rows.extend(r for r in chunk_rows if r is not None)
             stats.update(chunk_stats)
