@@ -39,13 +39,10 @@ status=0
 for pid in "${pids[@]}"; do  # a bare `wait` returns 0 whatever the runs did
     wait "$pid" || status=$?
 done
-for cfg in "$@"; do
+[ "$status" = 0 ] || echo "a training run failed (exit $status); see train.log" >&2
+for cfg in "$@"; do  # each run's log, then its finished model decoded on its held-out requests
     name=$(basename "$cfg" .toml)
     { echo "==== $name ($cfg)"; tr '\r' '\n' <"$RUNS/$name.log" | grep -v '^\s*$' | tail -n 60; } >>"$OUT/train.log"
-done
-[ "$status" = 0 ] || echo "a training run failed (exit $status); see train.log" >&2
-for cfg in "$@"; do  # decode each finished run on its held-out requests
-    name=$(basename "$cfg" .toml)
     [ -f "$RUNS/$name/checkpoint/model.safetensors" ] || continue
     heldout=$(python3 -c "import sys; from training.train import TrainConfig, heldout_path; \
 print(heldout_path(TrainConfig.from_file(sys.argv[1]).features))" "$cfg")
