@@ -19,7 +19,9 @@ evaluation does (`training.evaluate.bfcl_tool`). Measured, after a warm-up:
   subprocess that loads only the engine and runs a few calls;
 * with ``--torch-checkpoint``, the same latency run through the fp32 PyTorch model
   (`training.torch_engine.TorchEngine`, 1 thread, KV-cached ``decode_step``, same state
-  machine) and the ONNX speed-up over it.
+  machine) and the ONNX speed-up over it, with the speed-up there would be if a call cost only
+  its ONNX encoder run (PyTorch median / encoder median): the ceiling of any work on decoding or
+  Python.
 
 Prints a table and writes everything, with the machine's CPU model and core count, to ``--out``.
 """
@@ -225,6 +227,7 @@ def measure_engine_speed(engine, rendered, quiet: bool = False) -> tuple[dict, d
         engine.decode([CallDecoder(r, specs)], engine.encode([r.ids]))
     tokens = steps = 0
     t_enc = t_dec = 0.0
+    enc_ms = []
     for r, specs in _bar(rendered, "encoder / decoder speed", quiet):
         t0 = time.perf_counter()
         encoded = engine.encode([r.ids])
@@ -235,8 +238,9 @@ def measure_engine_speed(engine, rendered, quiet: bool = False) -> tuple[dict, d
         steps += n
         t_enc += t1 - t0
         t_dec += t2 - t1
+        enc_ms.append((t1 - t0) * 1e3)
     enc = {"tokens_per_s": tokens / t_enc, "mean_tokens_per_request": tokens / len(rendered),
-           "ms_per_request": t_enc * 1e3 / len(rendered)}
+           "ms_per_request": t_enc * 1e3 / len(rendered), "median_ms_per_request": percentile(enc_ms, 50)}
     dec = {"steps_per_s": steps / t_dec, "ms_per_step": t_dec * 1e3 / max(steps, 1),
            "mean_steps_per_request": steps / len(rendered)}
     return enc, dec
@@ -276,33 +280,42 @@ def measure_state_machine(rendered, seed: int = 0, max_steps: int = 256, quiet: 
             "note": "the first step includes the per-request feasibility analysis (valid value spans)"}
 
 
+def _vm_status_mb() -> dict:
+    """This process's high-water mark and resident set from /proc (Linux; {} elsewhere). Unlike
+    ru_maxrss, which a child inherits from its parent across fork/exec, VmHWM is this image's own."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            status = {line.split(":")[0]: line.split()[1] for line in fh if line.startswith(("VmHWM:", "VmRSS:"))}
+        return {"hwm": int(status["VmHWM"]) / 1024, "rss": int(status["VmRSS"]) / 1024}
+    except (OSError, KeyError, ValueError, IndexError):
+        return {}
+
+
 def _rss_probe(model_dir: str, n: int) -> None:
     """Run in a fresh interpreter by `measure_memory`: load the engine, make ``n`` calls, print RSS as JSON."""
     import resource
 
     from needle_core.api import Needle
 
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+
+    def peak_mb() -> tuple[float, dict]:
+        vm = _vm_status_mb()
+        return (vm["hwm"] if vm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale), vm
+
     cases = load_requests(n)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base, _ = peak_mb()
     t0 = time.perf_counter()
     needle = Needle(model_dir, threads=1)
     load_s = time.perf_counter() - t0
-    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    loaded, _ = peak_mb()
     for text, tools in cases:
         needle.call(text, tools)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    out = {"interpreter_mb": base / scale, "after_load_mb": loaded / scale, "peak_rss_mb": peak / scale,
-           "calls": len(cases), "load_s": load_s}
-    try:  # Linux: the high-water mark of this process image alone (ru_maxrss survives exec), and what
-        # stays resident after the calls (the load's transient buffers are gone by then)
-        with open("/proc/self/status", encoding="utf-8") as fh:
-            status = {line.split(":")[0]: line.split()[1] for line in fh if line.startswith(("VmHWM:", "VmRSS:"))}
-        out["vm_hwm_mb"] = int(status["VmHWM"]) / 1024
-        out["resident_after_calls_mb"] = int(status["VmRSS"]) / 1024
-        out["peak_rss_mb"] = out["vm_hwm_mb"]  # ru_maxrss starts at the parent's own peak
-    except (OSError, KeyError, ValueError):
-        pass
+    peak, vm = peak_mb()
+    out = {"interpreter_mb": base, "after_load_mb": loaded, "peak_rss_mb": peak, "calls": len(cases), "load_s": load_s,
+           "measured_by": "VmHWM" if vm else "ru_maxrss"}
+    if vm:  # what stays resident after the calls (the load's transient buffers are gone by then)
+        out["resident_after_calls_mb"] = vm["rss"]
     print(json.dumps(out))
 
 
@@ -315,8 +328,9 @@ def measure_memory(model_dir: Path, n: int = 20) -> dict:
     if proc.returncode != 0:
         return {"error": (proc.stderr or proc.stdout).strip()[-2000:]}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["note"] = ("ru_maxrss of a fresh process that imports needle_core, loads the engine (1 thread) and makes "
-                   "the calls; measured before the parent grows, since ru_maxrss is inherited across fork/exec")
+    out["note"] = ("high-water marks of a fresh process that imports needle_core (interpreter_mb), loads the engine "
+                   "on 1 thread (after_load_mb) and makes the calls (peak_rss_mb); VmHWM on Linux, else ru_maxrss, "
+                   "which starts at the parent's own peak")
     return out
 
 
@@ -384,7 +398,8 @@ def format_table(res: dict) -> str:
                 text += f"; {_fmt(value['gain'])}x one by one"
             rows.append((f"throughput, {key.replace('_', ' ')}, {res['throughput']['threads']} threads", text + ")"))
     rows.append(("encoder", f"{_fmt(res['encoder']['tokens_per_s'], 0)} tokens/s "
-                            f"({_fmt(res['encoder']['mean_tokens_per_request'], 0)} tokens per request)"))
+                            f"({_fmt(res['encoder']['mean_tokens_per_request'], 0)} tokens per request, median "
+                            f"{_fmt(res['encoder'].get('median_ms_per_request'))} ms per request)"))
     rows.append(("decoder", f"{_fmt(res['decoder']['steps_per_s'], 0)} steps/s "
                             f"({_fmt(res['decoder']['ms_per_step'], 3)} ms per step)"))
     sm = res["state_machine"]
@@ -409,6 +424,10 @@ def format_table(res: dict) -> str:
             rows.append(("latency per call, PyTorch fp32", f"median {_fmt(torch_res['median'])} ms, "
                                                            f"p90 {_fmt(torch_res['p90'])} ms"))
             rows.append(("ONNX speed-up over PyTorch", f"{_fmt(res['speedup_vs_torch'])}x (median latency)"))
+            if "speedup_bound_encoder_only" in res:
+                rows.append(("speed-up if only the encoder ran", f"{_fmt(res['speedup_bound_encoder_only'])}x (PyTorch "
+                                                                 "median / ONNX encoder median: the most that faster "
+                                                                 "decoding or Python could give)"))
     width = max(len(k) for k, _ in rows)
     line = "-" * (width + 2 + max(len(v) for _, v in rows))
     return "\n".join([line] + [f"{k.ljust(width)}  {v}" for k, v in rows] + [line])
@@ -441,6 +460,7 @@ def run(args: argparse.Namespace) -> int:
         res["torch"] = measure_torch(model_dir, args.torch_checkpoint, cases, args.warmup, args.quiet)
         if "median" in res["torch"]:
             res["speedup_vs_torch"] = res["torch"]["median"] / res["latency_ms"]["median"]
+            res["speedup_bound_encoder_only"] = res["torch"]["median"] / res["encoder"]["median_ms_per_request"]
     print(format_table(res))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1))

@@ -16,6 +16,7 @@ def test_memory_probe_reports_peak_steady_memory_and_load_time():
     mem = bench.measure_memory(bundled_model_dir(), n=2)
     assert "error" not in mem, mem.get("error")
     assert mem["calls"] == 2 and 0 < mem["load_s"] < 60
-    assert mem["interpreter_mb"] <= mem["after_load_mb"]  # ru_maxrss: may start at this (large) process's peak
-    if "resident_after_calls_mb" in mem:  # Linux: the probe process's own figures
-        assert 0 < mem["resident_after_calls_mb"] <= mem["vm_hwm_mb"] == mem["peak_rss_mb"] < 1000
+    assert mem["interpreter_mb"] <= mem["after_load_mb"] <= mem["peak_rss_mb"] < 1000
+    if mem["measured_by"] == "VmHWM":  # Linux: the probe process's own figures, not its parent's ru_maxrss
+        assert mem["after_load_mb"] - mem["interpreter_mb"] > 10  # the ~27 MB model and its sessions show
+        assert 0 < mem["resident_after_calls_mb"] <= mem["peak_rss_mb"]
