@@ -32,9 +32,10 @@ def cache_names(prefix: str, layers: int) -> list[str]:
     return [f"{prefix}_{kv}.{i}" for kv in "kv" for i in range(layers)]
 
 
-def _sha256_of_file(path: Path) -> str:
-    """Hashed in 1 MB blocks: a whole-file copy of the encoder, freed, would raise glibc's mmap
-    threshold and leave the sessions' load buffers resident (see `graph_for_this_cpu`)."""
+def file_sha256(path: Path) -> str:
+    """A model file's SHA-256 as ``manifest.json`` records it (written by `training.export.write_manifest`,
+    checked here). Hashed in 1 MB blocks: a whole-file copy of the encoder, freed, would raise glibc's
+    mmap threshold and leave the sessions' load buffers resident (see `graph_for_this_cpu`)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -55,7 +56,7 @@ def verify_model_dir(model_dir: Path) -> dict:
     except (ValueError, KeyError) as exc:
         raise ModelFileError(f"{model_dir / 'manifest.json'} is not a valid manifest: {exc}") from None
     for name, entry in files.items():
-        digest = _sha256_of_file(model_dir / name)
+        digest = file_sha256(model_dir / name)
         if digest != entry.get("sha256"):
             raise ModelFileError(f"{model_dir / name} does not match its SHA-256 in manifest.json "
                                  f"(corrupted or modified): expected {entry.get('sha256')}, got {digest}")

@@ -12,7 +12,6 @@ Then ``quantize`` writes int8 (dynamic), int4 (weight-only MatMulNBits) or mixed
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from torch.onnx.symbolic_helper import _optional_input_placeholder_tensor
 
 from needle_core.callformat import BOS, K_CALL
-from needle_core.engine import MODEL_FORMAT, cache_names
+from needle_core.engine import MODEL_FORMAT, cache_names, file_sha256
 from needle_core.modeling_needle import NeedleForToolCalling, causal_mask, split_heads
 
 MODEL_FILES = ("encoder.onnx", "decoder.onnx", "needle.json")
@@ -318,8 +317,8 @@ def write_manifest(model_dir: str | Path) -> None:
     model_dir = Path(model_dir)
     files = {}
     for name in MODEL_FILES:
-        data = (model_dir / name).read_bytes()
-        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+        path = model_dir / name
+        files[name] = {"sha256": file_sha256(path), "bytes": path.stat().st_size}
     (model_dir / "manifest.json").write_text(json.dumps({"files": files}, indent=1))
 
 
